@@ -1,0 +1,21 @@
+//! switchboard's engine: the parts that live and die (actors) and the data the hot path reads,
+//! with no HTTP-framework types, so any transport can drive it.
+//!
+//! # Layout
+//! - [`record`]: the server record the registry stores and the admin API shows.
+//! - [`registry`]: sled persistence of records and the admin key (durable acknowledged writes).
+//! - [`url_policy`]: which backend URLs and addresses may be used (SSRF guard).
+//! - [`routing`]: the shared routing table, round-robin and failover order, live counters.
+//! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
+//! - [`backend`]: one actor per server: its health checks, failure policy and record.
+//! - [`supervisor`]: owns the backend actors; register/update/delete; rebuilds routing.
+//! - [`sse`]: the incremental Server-Sent-Events parser for upstream streams.
+
+pub mod backend;
+pub mod record;
+pub mod registry;
+pub mod routing;
+pub mod sse;
+pub mod supervisor;
+pub mod upstream;
+pub mod url_policy;

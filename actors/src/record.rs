@@ -1,0 +1,219 @@
+//! The server record: what the registry stores about one registered backend, and what the admin
+//! API shows of it.
+
+use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How many health checks a record keeps; the admin API shows them and `success_rate` is
+/// computed over them.
+pub const HEALTH_HISTORY_LEN: usize = 100;
+
+/// Health as last observed. `Unknown` until the first check of a record has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Never checked (new record, or its endpoint just changed).
+    Unknown,
+    /// The last check (or request) succeeded; the server is in the rotation.
+    Healthy,
+    /// The last check or a request failed; the server is out of the rotation.
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// The wire spelling, for logs and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One entry of a server's health history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Unix milliseconds when the check finished.
+    pub at: u64,
+    /// Whether the check counted as healthy.
+    pub ok: bool,
+    /// Round-trip time of the probe.
+    pub latency_ms: Option<u64>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// `active` (scheduled probe), `passive` (a request failed), `manual` (admin asked),
+    /// `registration`.
+    pub kind: String,
+}
+
+/// Everything the registry persists about one backend. The API key is stored (it must be sent
+/// upstream) but never serialised into API responses: see [`ServerView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub registration_id: Uuid,
+    pub model_name: String,
+    pub endpoint_url: String,
+    pub api_key: Option<String>,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub health_status: HealthStatus,
+    pub is_active: bool,
+    pub consecutive_failures: u32,
+    pub last_checked_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_latency_ms: Option<u64>,
+    pub registered_at: u64,
+    pub updated_at: u64,
+    pub health_history: VecDeque<HealthCheck>,
+}
+
+impl ServerRecord {
+    /// A fresh record for a validated registration.
+    pub fn new(model_name: String, endpoint_url: String, api_key: Option<String>) -> Self {
+        let now = now_ms();
+        Self {
+            registration_id: Uuid::new_v4(),
+            model_name,
+            endpoint_url,
+            api_key,
+            owner: None,
+            description: None,
+            health_status: HealthStatus::Unknown,
+            is_active: true,
+            consecutive_failures: 0,
+            last_checked_at: None,
+            last_error: None,
+            last_latency_ms: None,
+            registered_at: now,
+            updated_at: now,
+            health_history: VecDeque::new(),
+        }
+    }
+
+    /// Appends a check to the bounded history.
+    pub fn push_check(&mut self, check: HealthCheck) {
+        if self.health_history.len() >= HEALTH_HISTORY_LEN {
+            self.health_history.pop_front();
+        }
+        self.last_checked_at = Some(check.at);
+        self.health_history.push_back(check);
+    }
+
+    /// Fraction of recent checks that succeeded; `None` before the first check.
+    pub fn success_rate(&self) -> Option<f64> {
+        if self.health_history.is_empty() {
+            return None;
+        }
+        let ok = self.health_history.iter().filter(|c| c.ok).count();
+        Some(ok as f64 / self.health_history.len() as f64)
+    }
+}
+
+/// What the admin API returns for a record: no key, plus live counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    pub registration_id: Uuid,
+    pub model_name: String,
+    pub endpoint_url: String,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub has_api_key: bool,
+    pub health_status: HealthStatus,
+    pub is_active: bool,
+    pub consecutive_failures: u32,
+    pub last_checked_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_latency_ms: Option<u64>,
+    pub success_rate: Option<f64>,
+    pub registered_at: u64,
+    pub updated_at: u64,
+    pub requests_routed: u64,
+    pub in_flight: u64,
+    /// `true` for the built-in demo backend's entries (not persisted).
+    pub demo: bool,
+    /// Only on the single-server route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_history: Option<Vec<HealthCheck>>,
+}
+
+impl ServerView {
+    /// Builds the public view; `with_history` is set by the single-server route only.
+    pub fn new(
+        record: &ServerRecord,
+        counters: (u64, u64),
+        demo: bool,
+        with_history: bool,
+    ) -> Self {
+        Self {
+            registration_id: record.registration_id,
+            model_name: record.model_name.clone(),
+            endpoint_url: record.endpoint_url.clone(),
+            owner: record.owner.clone(),
+            description: record.description.clone(),
+            has_api_key: record.api_key.is_some(),
+            health_status: record.health_status,
+            is_active: record.is_active,
+            consecutive_failures: record.consecutive_failures,
+            last_checked_at: record.last_checked_at,
+            last_error: record.last_error.clone(),
+            last_latency_ms: record.last_latency_ms,
+            success_rate: record.success_rate(),
+            registered_at: record.registered_at,
+            updated_at: record.updated_at,
+            requests_routed: counters.0,
+            in_flight: counters.1,
+            demo,
+            health_history: with_history.then(|| record.health_history.iter().cloned().collect()),
+        }
+    }
+}
+
+/// Unix time in milliseconds; the one clock all records and events use.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(ok: bool) -> HealthCheck {
+        HealthCheck {
+            at: now_ms(),
+            ok,
+            latency_ms: Some(1),
+            error: None,
+            kind: "active".into(),
+        }
+    }
+
+    #[test]
+    fn history_is_bounded_and_success_rate_counts_recent_checks() {
+        let mut r = ServerRecord::new("m".into(), "http://x".into(), None);
+        assert_eq!(r.success_rate(), None);
+        for _ in 0..HEALTH_HISTORY_LEN {
+            r.push_check(check(false));
+        }
+        for _ in 0..HEALTH_HISTORY_LEN / 2 {
+            r.push_check(check(true));
+        }
+        assert_eq!(r.health_history.len(), HEALTH_HISTORY_LEN);
+        assert_eq!(r.success_rate(), Some(0.5));
+    }
+
+    #[test]
+    fn view_never_contains_the_key() {
+        let r = ServerRecord::new("m".into(), "http://x".into(), Some("sk-secret".into()));
+        let json =
+            serde_json::to_string(&ServerView::new(&r, (0, 0), false, true)).unwrap_or_default();
+        assert!(!json.contains("sk-secret"));
+        assert!(json.contains("\"has_api_key\":true"));
+    }
+}

@@ -1,0 +1,281 @@
+//! The routing table: a shared snapshot that request handlers read without messaging any actor.
+//!
+//! Membership (which backends serve which model) changes rarely and is rebuilt by the
+//! supervisor under a short write lock. Health flips often and lives in atomics on each
+//! [`BackendHandle`], so marking a backend unhealthy never rebuilds or blocks the table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+/// Receives passive failure reports from the hot path. Implemented by the backend actor's
+/// address wrapper; a trait keeps this module free of actor types and easy to unit test.
+pub trait FailureSink: Send + Sync {
+    /// A request to this backend failed; mark it and schedule a re-check.
+    fn report(&self, reason: String);
+}
+
+/// What a request handler needs to reach one backend, plus the live counters the dashboard
+/// shows. Shared between the routing table, in-flight requests and the backend actor.
+pub struct BackendHandle {
+    pub id: Uuid,
+    pub model: String,
+    /// Base URL without a trailing `/v1` (paths like `/v1/chat/completions` are appended).
+    pub base_url: String,
+    pub api_key: Option<String>,
+    /// Precomputed `Bearer <key>` header value, so the hot path does not format per request.
+    pub auth_header: Option<String>,
+    healthy: AtomicBool,
+    active: AtomicBool,
+    in_flight: AtomicU64,
+    requests_routed: AtomicU64,
+    failures: RwLock<Option<Arc<dyn FailureSink>>>,
+}
+
+impl BackendHandle {
+    /// A handle for a backend at `endpoint_url` (a trailing `/v1` is folded away).
+    pub fn new(id: Uuid, model: String, endpoint_url: &str, api_key: Option<String>) -> Self {
+        let base = endpoint_url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
+        Self {
+            id,
+            model,
+            base_url: base,
+            auth_header: api_key.as_ref().map(|k| format!("Bearer {k}")),
+            api_key,
+            healthy: AtomicBool::new(true),
+            active: AtomicBool::new(true),
+            in_flight: AtomicU64::new(0),
+            requests_routed: AtomicU64::new(0),
+            failures: RwLock::new(None),
+        }
+    }
+
+    /// Connects the handle to whoever handles passive failures (the backend actor).
+    pub fn set_failure_sink(&self, sink: Arc<dyn FailureSink>) {
+        *self.failures.write() = Some(sink);
+    }
+
+    /// In the rotation: active and not known to be failing.
+    pub fn is_routable(&self) -> bool {
+        self.active.load(Ordering::Acquire) && self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether the backend is active (not deactivated after repeated failures).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Whether the backend counts as healthy right now.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Published by the backend actor after every state change.
+    pub fn publish(&self, healthy: bool, active: bool) {
+        self.healthy.store(healthy, Ordering::Release);
+        self.active.store(active, Ordering::Release);
+    }
+
+    /// Passive check: takes the backend out of the rotation at once, then tells its actor.
+    pub fn report_failure(&self, reason: String) {
+        self.healthy.store(false, Ordering::Release);
+        if let Some(sink) = self.failures.read().as_ref() {
+            sink.report(reason);
+        }
+    }
+
+    /// Counts a request for the lifetime of the returned guard.
+    pub fn start_request(self: &Arc<Self>) -> InFlightGuard {
+        self.requests_routed.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// `(requests_routed, in_flight)`.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.requests_routed.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Decrements the backend's in-flight count when the request ends, however it ends.
+pub struct InFlightGuard(Arc<BackendHandle>);
+
+impl InFlightGuard {
+    /// The backend this request went to.
+    pub fn backend(&self) -> &Arc<BackendHandle> {
+        &self.0
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The backends of one model and its round-robin cursor.
+pub struct ModelRoute {
+    pub backends: Vec<Arc<BackendHandle>>,
+    cursor: AtomicUsize,
+}
+
+/// Why no backend can take a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No backend is registered for the model (HTTP 404).
+    UnknownModel,
+    /// Backends exist, none is healthy and active (HTTP 503).
+    NoHealthyBackend,
+}
+
+/// The shared table. Readers clone an `Arc` under a read lock held for nanoseconds.
+#[derive(Default)]
+pub struct RoutingTable {
+    models: RwLock<Arc<HashMap<String, Arc<ModelRoute>>>>,
+}
+
+impl RoutingTable {
+    /// Replaces the membership with `backends`, keeping round-robin cursors of known models.
+    pub fn rebuild(&self, backends: Vec<Arc<BackendHandle>>) {
+        let old = self.snapshot();
+        let mut grouped: HashMap<String, Vec<Arc<BackendHandle>>> = HashMap::new();
+        for b in backends {
+            grouped.entry(b.model.clone()).or_default().push(b);
+        }
+        let next = grouped
+            .into_iter()
+            .map(|(model, backends)| {
+                let cursor = old
+                    .get(&model)
+                    .map(|r| r.cursor.load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                let route = ModelRoute {
+                    backends,
+                    cursor: AtomicUsize::new(cursor),
+                };
+                (model, Arc::new(route))
+            })
+            .collect();
+        *self.models.write() = Arc::new(next);
+    }
+
+    /// The current membership, for listings.
+    pub fn snapshot(&self) -> Arc<HashMap<String, Arc<ModelRoute>>> {
+        Arc::clone(&self.models.read())
+    }
+
+    /// The failover order for one request: routable backends starting at the model's
+    /// round-robin cursor, at most `max` of them.
+    pub fn candidates(
+        &self,
+        model: &str,
+        max: usize,
+    ) -> Result<Vec<Arc<BackendHandle>>, RouteError> {
+        let route = self
+            .models
+            .read()
+            .get(model)
+            .cloned()
+            .ok_or(RouteError::UnknownModel)?;
+        let healthy: Vec<&Arc<BackendHandle>> =
+            route.backends.iter().filter(|b| b.is_routable()).collect();
+        if healthy.is_empty() {
+            return Err(RouteError::NoHealthyBackend);
+        }
+        let start = route.cursor.fetch_add(1, Ordering::Relaxed) % healthy.len();
+        Ok(healthy
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(healthy.len().min(max))
+            .map(|b| Arc::clone(b))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn backend(model: &str, url: &str) -> Arc<BackendHandle> {
+        Arc::new(BackendHandle::new(Uuid::new_v4(), model.into(), url, None))
+    }
+
+    #[test]
+    fn round_robin_rotates_and_orders_failover() {
+        let table = RoutingTable::default();
+        let (a, b, c) = (
+            backend("m", "http://a"),
+            backend("m", "http://b"),
+            backend("m", "http://c"),
+        );
+        table.rebuild(vec![a.clone(), b.clone(), c.clone()]);
+        let firsts: Vec<String> = (0..6)
+            .map(|_| table.candidates("m", 3).unwrap()[0].base_url.clone())
+            .collect();
+        assert_eq!(
+            firsts,
+            ["http://a", "http://b", "http://c", "http://a", "http://b", "http://c"]
+        );
+        let order: Vec<String> = table
+            .candidates("m", 3)
+            .unwrap()
+            .iter()
+            .map(|b| b.base_url.clone())
+            .collect();
+        assert_eq!(order, ["http://a", "http://b", "http://c"]);
+    }
+
+    #[test]
+    fn unhealthy_backends_leave_the_rotation() {
+        let table = RoutingTable::default();
+        let (a, b) = (backend("m", "http://a"), backend("m", "http://b"));
+        table.rebuild(vec![a.clone(), b.clone()]);
+        a.report_failure("boom".into());
+        for _ in 0..4 {
+            let c = table.candidates("m", 3).unwrap();
+            assert_eq!(c.len(), 1);
+            assert_eq!(c[0].base_url, "http://b");
+        }
+        b.publish(true, false);
+        assert_eq!(
+            table.candidates("m", 3).err(),
+            Some(RouteError::NoHealthyBackend)
+        );
+        assert_eq!(
+            table.candidates("x", 3).err(),
+            Some(RouteError::UnknownModel)
+        );
+    }
+
+    #[test]
+    fn candidates_are_capped_and_v1_suffix_is_folded() {
+        let table = RoutingTable::default();
+        table.rebuild(
+            (0..5)
+                .map(|i| backend("m", &format!("http://h{i}/v1/")))
+                .collect(),
+        );
+        let c = table.candidates("m", 3).unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].base_url, "http://h0");
+    }
+
+    #[test]
+    fn in_flight_guard_counts() {
+        let a = backend("m", "http://a");
+        {
+            let _g = a.start_request();
+            assert_eq!(a.counters(), (1, 1));
+        }
+        assert_eq!(a.counters(), (1, 0));
+    }
+}

@@ -1,0 +1,578 @@
+//! The `HealthSupervisor`: owns the set of backend actors. It registers, updates and deletes
+//! servers (validating and verifying them first), starts a [`Backend`] actor for each, and
+//! rebuilds the routing table whenever membership changes. Reads (listings, stats) come from
+//! records the backend actors share, so they never wait on a probe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+use crate::backend::{apply_check, Activate, Backend, CheckKind, CheckNow, HealthPolicy, Retire};
+use crate::record::{now_ms, HealthStatus, ServerRecord, ServerView};
+use crate::registry::Registry;
+use crate::routing::{BackendHandle, RoutingTable};
+use crate::upstream;
+use crate::url_policy;
+
+/// Why an admin operation was refused. Mapped to HTTP status codes by the binary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// 404.
+    #[error("no server with registration_id {0}")]
+    NotFound(Uuid),
+    /// 400: a field failed validation (the URL policy among them).
+    #[error("{0}")]
+    Invalid(String),
+    /// 409: the same model is already registered at that URL.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the registration health check failed and `verify` was not false.
+    #[error("health check of {url} failed: {reason}")]
+    VerifyFailed { url: String, reason: String },
+    /// 500: sled failed; nothing was acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// 409: demo backends are built in and cannot be edited.
+    #[error("demo backends are built in and cannot be changed")]
+    Demo,
+}
+
+/// A validated registration request.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub model_name: String,
+    pub endpoint_url: String,
+    pub api_key: Option<String>,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub verify: bool,
+}
+
+/// A partial update: `None` leaves a field alone; `Some(None)` clears an optional field.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    pub model_name: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub api_key: Option<Option<String>>,
+    pub owner: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+    pub verify: bool,
+}
+
+/// Filters of `GET /admin/servers`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub model: Option<String>,
+    /// `healthy|unhealthy|unknown|active|inactive`.
+    pub status: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// Dashboard totals.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RegistryStats {
+    pub servers: usize,
+    pub healthy: usize,
+    pub active: usize,
+    pub models: usize,
+    pub requests_routed: u64,
+    pub streams_in_flight: u64,
+}
+
+struct Entry {
+    addr: Addr<Backend>,
+    handle: Arc<BackendHandle>,
+    record: Arc<RwLock<ServerRecord>>,
+    demo: bool,
+}
+
+impl Entry {
+    fn view(&self, with_history: bool) -> ServerView {
+        ServerView::new(
+            &self.record.read(),
+            self.handle.counters(),
+            self.demo,
+            with_history,
+        )
+    }
+}
+
+/// Settings the supervisor needs beyond the registry.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub policy: HealthPolicy,
+    pub upstream: upstream::UpstreamConfig,
+}
+
+/// See the module docs. Lives on the system arbiter; its backend actors live there too and
+/// share its `awc::Client`.
+pub struct HealthSupervisor {
+    registry: Registry,
+    table: Arc<RoutingTable>,
+    client: awc::Client,
+    config: SupervisorConfig,
+    backends: HashMap<Uuid, Entry>,
+}
+
+impl HealthSupervisor {
+    /// Loads every stored record; health checking of each resumes when the actor starts.
+    pub fn new(
+        registry: Registry,
+        table: Arc<RoutingTable>,
+        config: SupervisorConfig,
+    ) -> Result<Self, crate::registry::RegistryError> {
+        let client = upstream::build_client(&config.upstream);
+        let mut sup = Self {
+            registry,
+            table,
+            client,
+            config,
+            backends: HashMap::new(),
+        };
+        let records = sup.registry.load_all()?;
+        log::info!("registry: {} stored servers", records.len());
+        for record in records {
+            sup.spawn_backend(record, false);
+        }
+        sup.rebuild();
+        Ok(sup)
+    }
+
+    fn spawn_backend(&mut self, record: ServerRecord, demo: bool) -> Uuid {
+        let id = record.registration_id;
+        let handle = Arc::new(BackendHandle::new(
+            id,
+            record.model_name.clone(),
+            &record.endpoint_url,
+            record.api_key.clone(),
+        ));
+        let shared = Arc::new(RwLock::new(record));
+        let registry = (!demo).then(|| self.registry.clone());
+        let addr = Backend::new(
+            Arc::clone(&shared),
+            Arc::clone(&handle),
+            registry,
+            self.client.clone(),
+            self.config.policy,
+        )
+        .start();
+        self.backends.insert(
+            id,
+            Entry {
+                addr,
+                handle,
+                record: shared,
+                demo,
+            },
+        );
+        id
+    }
+
+    fn rebuild(&self) {
+        self.table.rebuild(
+            self.backends
+                .values()
+                .map(|e| Arc::clone(&e.handle))
+                .collect(),
+        );
+    }
+
+    fn entry(&self, id: Uuid) -> Result<&Entry, AdminError> {
+        self.backends.get(&id).ok_or(AdminError::NotFound(id))
+    }
+
+    fn duplicate_of(&self, model: &str, url: &str, except: Option<Uuid>) -> Option<Uuid> {
+        self.backends.iter().find_map(|(id, e)| {
+            let r = e.record.read();
+            (Some(*id) != except && r.model_name == model && r.endpoint_url == url).then_some(*id)
+        })
+    }
+}
+
+impl Actor for HealthSupervisor {
+    type Context = Context<Self>;
+}
+
+/// Register a new server (`POST /admin/register`).
+#[derive(Message)]
+#[rtype(result = "Result<ServerView, AdminError>")]
+pub struct Register(pub Registration);
+
+impl Handler<Register> for HealthSupervisor {
+    type Result = ResponseActFuture<Self, Result<ServerView, AdminError>>;
+
+    fn handle(&mut self, Register(reg): Register, _: &mut Self::Context) -> Self::Result {
+        let allow_private = self.config.upstream.allow_private;
+        let client = self.client.clone();
+        let timeout = self.config.policy.timeout;
+        let fut = async move {
+            let url = url_policy::validate(&reg.endpoint_url, allow_private)
+                .await
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            let mut record =
+                ServerRecord::new(reg.model_name.clone(), url.normalized, reg.api_key.clone());
+            record.owner = reg.owner.clone();
+            record.description = reg.description.clone();
+            let probe_handle = BackendHandle::new(
+                record.registration_id,
+                record.model_name.clone(),
+                &record.endpoint_url,
+                record.api_key.clone(),
+            );
+            let result = upstream::probe(&client, &probe_handle, timeout).await;
+            if let (Err(reason), true) = (&result, reg.verify) {
+                return Err(AdminError::VerifyFailed {
+                    url: record.endpoint_url.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            apply_check(&mut record, &result, CheckKind::Registration, u32::MAX);
+            Ok(record)
+        };
+        Box::pin(fut.into_actor(self).map(|result, act, _| {
+            let record = result?;
+            if let Some(existing) = act.duplicate_of(&record.model_name, &record.endpoint_url, None)
+            {
+                return Err(AdminError::Conflict(format!(
+                    "model {} is already registered at {} (registration_id {existing})",
+                    record.model_name, record.endpoint_url
+                )));
+            }
+            act.registry
+                .put_durable(&record)
+                .map_err(|e| AdminError::Storage(e.to_string()))?;
+            log::info!(
+                "registered backend {} for model {} at {} ({})",
+                record.registration_id,
+                record.model_name,
+                record.endpoint_url,
+                record.health_status.as_str()
+            );
+            let id = act.spawn_backend(record, false);
+            act.rebuild();
+            act.entry(id).map(|e| e.view(false))
+        }))
+    }
+}
+
+/// Add a built-in demo backend entry (never persisted).
+#[derive(Message)]
+#[rtype(result = "Uuid")]
+pub struct AddDemo {
+    pub model_name: String,
+    pub endpoint_url: String,
+}
+
+impl Handler<AddDemo> for HealthSupervisor {
+    type Result = MessageResult<AddDemo>;
+
+    fn handle(&mut self, msg: AddDemo, _: &mut Self::Context) -> Self::Result {
+        let mut record = ServerRecord::new(msg.model_name, msg.endpoint_url, None);
+        record.owner = Some("switchboard-demo".into());
+        record.description = Some("built-in demo backend (not persisted)".into());
+        record.health_status = HealthStatus::Healthy;
+        let id = self.spawn_backend(record, true);
+        self.rebuild();
+        MessageResult(id)
+    }
+}
+
+/// Update fields of a server (`PUT /admin/register/{id}`).
+#[derive(Message)]
+#[rtype(result = "Result<ServerView, AdminError>")]
+pub struct Update {
+    pub id: Uuid,
+    pub patch: Patch,
+}
+
+impl Handler<Update> for HealthSupervisor {
+    type Result = ResponseActFuture<Self, Result<ServerView, AdminError>>;
+
+    fn handle(&mut self, Update { id, patch }: Update, _: &mut Self::Context) -> Self::Result {
+        let current = match self.entry(id) {
+            Ok(e) if e.demo => return Box::pin(fut::ready(Err(AdminError::Demo))),
+            Ok(e) => e.record.read().clone(),
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        let allow_private = self.config.upstream.allow_private;
+        let client = self.client.clone();
+        let timeout = self.config.policy.timeout;
+        // Validate and verify against a candidate before touching the live actor: a refused
+        // update changes nothing.
+        let fut = async move {
+            let mut candidate = current.clone();
+            if let Some(raw) = &patch.endpoint_url {
+                let url = url_policy::validate(raw, allow_private)
+                    .await
+                    .map_err(|e| AdminError::Invalid(e.to_string()))?;
+                candidate.endpoint_url = url.normalized;
+            }
+            if let Some(m) = &patch.model_name {
+                candidate.model_name = m.clone();
+            }
+            if let Some(k) = &patch.api_key {
+                candidate.api_key = k.clone();
+            }
+            let reconnect = candidate.endpoint_url != current.endpoint_url
+                || candidate.api_key != current.api_key;
+            let probe = if reconnect {
+                let h = BackendHandle::new(
+                    id,
+                    candidate.model_name.clone(),
+                    &candidate.endpoint_url,
+                    candidate.api_key.clone(),
+                );
+                let result = upstream::probe(&client, &h, timeout).await;
+                if let (Err(reason), true) = (&result, patch.verify) {
+                    return Err(AdminError::VerifyFailed {
+                        url: candidate.endpoint_url.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                Some(result)
+            } else {
+                None
+            };
+            Ok((candidate, probe))
+        };
+        Box::pin(
+            fut.into_actor(self)
+                .then(move |result, act, _| {
+                    let addr = act.backends.get(&id).map(|e| e.addr.clone());
+                    async move {
+                        let (candidate, probe) = result?;
+                        let addr = addr.ok_or(AdminError::NotFound(id))?;
+                        let latest = addr
+                            .send(Retire)
+                            .await
+                            .map_err(|_| AdminError::NotFound(id))?;
+                        Ok((candidate, probe, latest))
+                    }
+                    .into_actor(act)
+                })
+                .map(move |result, act, _| {
+                    let (candidate, probe, mut record) = result?;
+                    record.model_name = candidate.model_name;
+                    record.endpoint_url = candidate.endpoint_url;
+                    record.api_key = candidate.api_key;
+                    if let Some(owner) = patch.owner {
+                        record.owner = owner;
+                    }
+                    if let Some(description) = patch.description {
+                        record.description = description;
+                    }
+                    if let Some(result) = probe {
+                        record.consecutive_failures = 0;
+                        record.is_active = true;
+                        apply_check(&mut record, &result, CheckKind::Registration, u32::MAX);
+                    }
+                    record.updated_at = now_ms();
+                    let stored = act.registry.put_durable(&record);
+                    act.backends.remove(&id);
+                    // Even if the write failed the actor must come back, with what is stored.
+                    let record = match stored {
+                        Ok(()) => record,
+                        Err(e) => {
+                            log::error!("update of {id} not stored: {e}");
+                            act.spawn_backend(candidate_fallback(&act.registry, id, record), false);
+                            act.rebuild();
+                            return Err(AdminError::Storage(e.to_string()));
+                        }
+                    };
+                    log::info!(
+                        "updated backend {id} (model {}, {})",
+                        record.model_name,
+                        record.endpoint_url
+                    );
+                    act.spawn_backend(record, false);
+                    act.rebuild();
+                    act.entry(id).map(|e| e.view(false))
+                }),
+        )
+    }
+}
+
+/// The stored version of a record after a failed write, or the in-memory one if none is stored.
+fn candidate_fallback(registry: &Registry, id: Uuid, memory: ServerRecord) -> ServerRecord {
+    registry
+        .load_all()
+        .ok()
+        .and_then(|all| all.into_iter().find(|r| r.registration_id == id))
+        .unwrap_or(memory)
+}
+
+/// Delete a server (`DELETE /admin/register/{id}`); routing stops before the reply.
+#[derive(Message)]
+#[rtype(result = "Result<(), AdminError>")]
+pub struct Delete(pub Uuid);
+
+impl Handler<Delete> for HealthSupervisor {
+    type Result = Result<(), AdminError>;
+
+    fn handle(&mut self, Delete(id): Delete, _: &mut Self::Context) -> Self::Result {
+        let entry = self.entry(id)?;
+        if entry.demo {
+            return Err(AdminError::Demo);
+        }
+        self.registry
+            .remove_durable(id)
+            .map_err(|e| AdminError::Storage(e.to_string()))?;
+        if let Some(entry) = self.backends.remove(&id) {
+            entry.handle.publish(false, false);
+            entry.addr.do_send(Retire);
+        }
+        self.rebuild();
+        log::info!("deleted backend {id}");
+        Ok(())
+    }
+}
+
+/// List servers (`GET /admin/servers`).
+#[derive(Message)]
+#[rtype(result = "Vec<ServerView>")]
+pub struct List(pub Filter);
+
+impl Handler<List> for HealthSupervisor {
+    type Result = MessageResult<List>;
+
+    fn handle(&mut self, List(filter): List, _: &mut Self::Context) -> Self::Result {
+        let mut views: Vec<ServerView> = self
+            .backends
+            .values()
+            .map(|e| e.view(false))
+            .filter(|v| matches(v, &filter))
+            .collect();
+        views.sort_by_key(|v| v.registered_at);
+        MessageResult(views)
+    }
+}
+
+fn matches(v: &ServerView, f: &Filter) -> bool {
+    if f.model.as_deref().is_some_and(|m| m != v.model_name) {
+        return false;
+    }
+    if f.owner
+        .as_deref()
+        .is_some_and(|o| Some(o) != v.owner.as_deref())
+    {
+        return false;
+    }
+    match f.status.as_deref() {
+        None | Some("") => true,
+        Some("active") => v.is_active,
+        Some("inactive") => !v.is_active,
+        Some(s) => v.health_status.as_str() == s,
+    }
+}
+
+/// One server with its health history (`GET /admin/servers/{id}`).
+#[derive(Message)]
+#[rtype(result = "Result<ServerView, AdminError>")]
+pub struct Get(pub Uuid);
+
+impl Handler<Get> for HealthSupervisor {
+    type Result = Result<ServerView, AdminError>;
+
+    fn handle(&mut self, Get(id): Get, _: &mut Self::Context) -> Self::Result {
+        self.entry(id).map(|e| e.view(true))
+    }
+}
+
+/// Run a check now (`POST /admin/servers/{id}/health-check`).
+#[derive(Message)]
+#[rtype(result = "Result<ServerView, AdminError>")]
+pub struct ForceCheck(pub Uuid);
+
+impl Handler<ForceCheck> for HealthSupervisor {
+    type Result = ResponseFuture<Result<ServerView, AdminError>>;
+
+    fn handle(&mut self, ForceCheck(id): ForceCheck, _: &mut Self::Context) -> Self::Result {
+        let entry = match self.entry(id) {
+            Ok(e) => (e.addr.clone(), Arc::clone(&e.handle), e.demo),
+            Err(err) => return Box::pin(async move { Err(err) }),
+        };
+        Box::pin(async move {
+            let (addr, handle, demo) = entry;
+            let record = addr
+                .send(CheckNow {
+                    kind: CheckKind::Manual,
+                })
+                .await
+                .ok()
+                .flatten()
+                .ok_or(AdminError::NotFound(id))?;
+            Ok(ServerView::new(&record, handle.counters(), demo, true))
+        })
+    }
+}
+
+/// Re-enable a deactivated server (`POST /admin/servers/{id}/activate`).
+#[derive(Message)]
+#[rtype(result = "Result<ServerView, AdminError>")]
+pub struct ActivateServer(pub Uuid);
+
+impl Handler<ActivateServer> for HealthSupervisor {
+    type Result = ResponseFuture<Result<ServerView, AdminError>>;
+
+    fn handle(
+        &mut self,
+        ActivateServer(id): ActivateServer,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let entry = match self.entry(id) {
+            Ok(e) => (e.addr.clone(), Arc::clone(&e.handle), e.demo),
+            Err(err) => return Box::pin(async move { Err(err) }),
+        };
+        Box::pin(async move {
+            let (addr, handle, demo) = entry;
+            let record = addr
+                .send(Activate)
+                .await
+                .map_err(|_| AdminError::NotFound(id))?;
+            Ok(ServerView::new(&record, handle.counters(), demo, false))
+        })
+    }
+}
+
+/// Totals for `/admin/stats` and `/health`.
+#[derive(Message)]
+#[rtype(result = "RegistryStats")]
+pub struct Stats;
+
+impl Handler<Stats> for HealthSupervisor {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
+        let mut s = RegistryStats {
+            servers: self.backends.len(),
+            models: self.table.snapshot().len(),
+            ..Default::default()
+        };
+        for e in self.backends.values() {
+            let (routed, in_flight) = e.handle.counters();
+            s.requests_routed += routed;
+            s.streams_in_flight += in_flight;
+            s.healthy += usize::from(e.handle.is_routable());
+            s.active += usize::from(e.handle.is_active());
+        }
+        MessageResult(s)
+    }
+}
+
+/// Flush sled before exit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for HealthSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        if let Err(e) = self.registry.flush() {
+            log::error!("flush on shutdown failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Talking to backends: the HTTP client every upstream request uses, and the health probe.
+//!
+//! `awc::Client` is `Rc`-based and `!Send`, so there is one per thread (per HTTP worker, and one
+//! for the actor arbiter), each with its own keep-alive pool, reused across requests. The
+//! connector's resolver enforces the URL policy at connect time.
+
+use std::error::Error as StdError;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use actix_tls::connect::{Resolve, Resolver};
+use futures_util::future::LocalBoxFuture;
+
+use crate::routing::BackendHandle;
+use crate::url_policy;
+
+/// Most of a `/v1/models` answer a probe reads; a health endpoint has no business being larger.
+const PROBE_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Keep-alive connections per worker pool. Generous: each in-flight stream holds one.
+const POOL_LIMIT: usize = 4096;
+
+/// Settings the client is built from; copied into every worker.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// TCP connect (+ DNS) timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the response headers arrive.
+    pub first_byte_timeout: Duration,
+    /// Whether loopback/private backend addresses may be dialled.
+    pub allow_private: bool,
+}
+
+/// DNS resolver that refuses non-public answers unless private backends are allowed
+/// (the connect-time half of the SSRF guard, defeating DNS rebinding).
+struct PolicyResolver {
+    allow_private: bool,
+}
+
+impl Resolve for PolicyResolver {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> LocalBoxFuture<'a, Result<Vec<SocketAddr>, Box<dyn StdError>>> {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+            if !self.allow_private {
+                let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+                url_policy::check_addrs(host, &ips)?;
+            }
+            Ok(addrs)
+        })
+    }
+}
+
+/// Builds this thread's client. Redirects are never followed (a backend must not bounce us to
+/// an internal address) and no compression is negotiated on our own: the client's
+/// `Accept-Encoding` is passed through and bodies are relayed as they come.
+pub fn build_client(cfg: &UpstreamConfig) -> awc::Client {
+    let resolver = Resolver::custom(PolicyResolver {
+        allow_private: cfg.allow_private,
+    });
+    let tcp = actix_tls::connect::Connector::new(resolver).service();
+    let connector = awc::Connector::new()
+        .connector(tcp)
+        .timeout(cfg.connect_timeout)
+        .limit(POOL_LIMIT);
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(cfg.first_byte_timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .finish()
+}
+
+/// A successful probe.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOk {
+    pub latency: Duration,
+}
+
+/// `GET {base}/v1/models` with the backend's key: HTTP 200 with a JSON body is healthy.
+/// The error string is what the admin sees as `last_error`.
+pub async fn probe(
+    client: &awc::Client,
+    backend: &BackendHandle,
+    timeout: Duration,
+) -> Result<ProbeOk, String> {
+    let started = Instant::now();
+    let mut req = client
+        .get(format!("{}/v1/models", backend.base_url))
+        .timeout(timeout)
+        .insert_header(("Accept", "application/json"));
+    if let Some(auth) = &backend.auth_header {
+        req = req.insert_header(("Authorization", auth.as_str()));
+    }
+    let attempt = async {
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .body()
+            .limit(PROBE_BODY_LIMIT)
+            .await
+            .map_err(|e| format!("reading body failed: {e}"))?;
+        if status != awc::http::StatusCode::OK {
+            return Err(format!("GET /v1/models answered HTTP {}", status.as_u16()));
+        }
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .map_err(|_| "GET /v1/models did not answer JSON".to_string())?;
+        Ok(ProbeOk {
+            latency: started.elapsed(),
+        })
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+    }
+}

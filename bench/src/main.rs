@@ -1,0 +1,818 @@
+//! `bench`: the same loopback load against the mock backend directly, through
+//! switchboard and through nginx, in one run; see README.md.
+//!
+//! - [`client`]: the hand-written HTTP/1.1 client (keep-alive, chunked, SSE scan).
+//! - [`load`]: closed-loop load runs and the cancel probe.
+//! - [`targets`]: child processes (switchboard, nginx) and their temp dirs.
+//! - this file: flags, the measurement plan, the table and the JSON line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client;
+mod load;
+mod targets;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mockllm::{MockHandle, MockServer};
+use serde_json::{json, Value};
+
+use crate::client::build_request;
+use crate::load::{CancelOutcome, Outcome, Spec};
+use crate::targets::{Nginx, Switchboard, SwitchboardOpts};
+
+const ALL_TARGETS: [&str; 3] = ["direct", "switchboard", "nginx"];
+
+/// Loopback benchmark: mock backend direct vs through switchboard vs through nginx.
+#[derive(Debug, Parser)]
+#[command(name = "bench", about, long_about = None)]
+struct Args {
+    /// Small counts for a smoke run (< 30 s in total).
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated targets, in run order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,switchboard,nginx"
+    )]
+    targets: Vec<String>,
+    /// switchboard binary [default: <workspace>/target/release/switchboard, else next to this binary].
+    #[arg(long)]
+    switchboard: Option<PathBuf>,
+    /// nginx binary [default: from PATH or /usr/sbin].
+    #[arg(long)]
+    nginx: Option<PathBuf>,
+    /// Skip the nginx target.
+    #[arg(long)]
+    no_nginx: bool,
+    /// Requests of the high-concurrency run [default: 20000, quick 2000].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Make the high-concurrency run timed: this many seconds instead of --requests.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Requests of the concurrency-1 run [default: 2000, quick 300].
+    #[arg(long)]
+    requests_c1: Option<u64>,
+    /// Streams of the streaming run [default: 2000, quick 300].
+    #[arg(long)]
+    streams: Option<u64>,
+    /// Cancel probes per target [default: 50, quick 10].
+    #[arg(long)]
+    cancel_tries: Option<u32>,
+    /// Warm-up requests per target before measuring [default: 500, quick 200].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Concurrency of the high-concurrency run.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Concurrency of the streaming run.
+    #[arg(long, default_value_t = 16)]
+    stream_concurrency: usize,
+    /// Worker threads/processes of switchboard and nginx.
+    #[arg(long, default_value_t = 2)]
+    proxy_workers: usize,
+    /// Worker threads of the in-process mock backend.
+    #[arg(long, default_value_t = 2)]
+    mock_workers: usize,
+    /// Threads of the load generator (1 = a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Model of the non-streaming runs (a plain name: short reply, no delay).
+    #[arg(long, default_value = "bench")]
+    model: String,
+    /// Model of the streaming run.
+    #[arg(long, default_value = "d1")]
+    stream_model: String,
+    /// Model of the cancel probe (must stream slowly for a while).
+    #[arg(long, default_value = "d50-w400")]
+    cancel_model: String,
+}
+
+/// Counts and limits derived from the flags.
+#[derive(Debug, Clone)]
+struct Plan {
+    warmup: u64,
+    c1_requests: u64,
+    load_requests: u64,
+    load_duration: Option<Duration>,
+    load_c: usize,
+    streams: u64,
+    stream_c: usize,
+    cancel_tries: u32,
+    cancel_wait: Duration,
+    time_limit: Duration,
+    request_timeout: Duration,
+    model: String,
+    stream_model: String,
+    cancel_model: String,
+}
+
+impl Plan {
+    fn from_args(a: &Args) -> Result<Plan, String> {
+        let q = a.quick;
+        let load_duration = match a.duration {
+            Some(s) if s.is_finite() && s > 0.0 && s <= 600.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => return Err(format!("--duration must be in (0, 600] seconds, got {s}")),
+            None => None,
+        };
+        if a.concurrency == 0 || a.concurrency > 4096 {
+            return Err("--concurrency must be 1..=4096".into());
+        }
+        if a.stream_concurrency == 0 || a.stream_concurrency > 4096 {
+            return Err("--stream-concurrency must be 1..=4096".into());
+        }
+        Ok(Plan {
+            warmup: a.warmup.unwrap_or(if q { 200 } else { 500 }),
+            c1_requests: a.requests_c1.unwrap_or(if q { 300 } else { 2000 }),
+            load_requests: a.requests.unwrap_or(if q { 2000 } else { 20_000 }),
+            load_duration,
+            load_c: a.concurrency,
+            streams: a.streams.unwrap_or(if q { 300 } else { 2000 }),
+            stream_c: a.stream_concurrency,
+            cancel_tries: a
+                .cancel_tries
+                .unwrap_or(if q { 10 } else { 50 })
+                .min(10_000),
+            cancel_wait: Duration::from_secs(if q { 2 } else { 3 }),
+            time_limit: Duration::from_secs(if q { 20 } else { 300 }),
+            request_timeout: Duration::from_secs(if q { 10 } else { 30 }),
+            model: a.model.clone(),
+            stream_model: a.stream_model.clone(),
+            cancel_model: a.cancel_model.clone(),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ctrl-C drops `run` (and with it every child-process guard) instead of
+    // leaving switchboard and nginx behind.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Per-target measurements.
+#[derive(Debug, Default)]
+struct TargetResult {
+    metrics: BTreeMap<&'static str, f64>,
+    errors: u64,
+    statuses: BTreeMap<u16, u64>,
+    incomplete: u64,
+    server_closes: u64,
+    connects: u64,
+    truncated: Vec<&'static str>,
+    cancel_missed: u32,
+    cancel_errors: u32,
+    problems: Vec<String>,
+}
+
+impl TargetResult {
+    fn absorb(&mut self, phase: &'static str, o: &Outcome, timed: bool) {
+        self.errors += o.errors;
+        for (s, n) in &o.statuses {
+            *self.statuses.entry(*s).or_default() += n;
+        }
+        self.incomplete += o.incomplete;
+        self.server_closes += o.server_closes;
+        self.connects += o.connects;
+        if o.truncated && !timed {
+            self.truncated.push(phase);
+        }
+        for p in &o.problems {
+            if self.problems.len() < 8 {
+                self.problems.push(format!("{phase}: {p}"));
+            }
+        }
+    }
+
+    fn absorb_cancel(&mut self, c: &CancelOutcome) {
+        self.cancel_missed += c.missed;
+        self.cancel_errors += c.errors;
+        for p in &c.problems {
+            if self.problems.len() < 8 {
+                self.problems.push(format!("cancel: {p}"));
+            }
+        }
+    }
+}
+
+/// Nearest-rank percentile of nanosecond samples, in ms.
+fn pct_ms(sorted: &[u64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len();
+    let rank = ((p / 100.0) * n as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, n) - 1] as f64 / 1e6)
+}
+
+fn pct_f(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len();
+    let rank = ((p / 100.0) * n as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, n) - 1])
+}
+
+fn chat_body(model: &str, stream: bool) -> Vec<u8> {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    if stream {
+        body["stream"] = Value::Bool(true);
+    }
+    body.to_string().into_bytes()
+}
+
+fn chat_request(addr: SocketAddr, model: &str, stream: bool) -> Arc<Vec<u8>> {
+    Arc::new(build_request(
+        "POST",
+        addr,
+        "/v1/chat/completions",
+        &[],
+        Some(&chat_body(model, stream)),
+    ))
+}
+
+fn progress(target: &str, phase: &str, o: &Outcome) {
+    eprintln!(
+        "  [{target}] {phase}: {} ok, {} errors, {} non-200, {} incomplete in {:.2} s",
+        o.ok,
+        o.errors,
+        o.non_200(),
+        o.incomplete,
+        o.elapsed.as_secs_f64()
+    );
+}
+
+/// Waits until a plain chat request through `addr` answers 200 (up to 10 s).
+async fn sanity(addr: SocketAddr, plan: &Plan) -> Result<(), String> {
+    let req = chat_request(addr, &plan.model, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match targets::one_shot(addr, &req).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((s, body)) => last = format!("HTTP {s}: {}", body.trim()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "no 200 from a plain chat request within 10 s; last: {last}"
+    ))
+}
+
+async fn bench_target(
+    name: &str,
+    addr: SocketAddr,
+    plan: &Plan,
+    mock: &MockHandle,
+) -> Result<TargetResult, String> {
+    sanity(addr, plan).await?;
+    let mut r = TargetResult::default();
+    let chat = chat_request(addr, &plan.model, false);
+    let stream = chat_request(addr, &plan.stream_model, true);
+    let cancel = chat_request(addr, &plan.cancel_model, true);
+    let spec = |request: &Arc<Vec<u8>>, concurrency: usize, n: u64, stream: bool| Spec {
+        addr,
+        request: Arc::clone(request),
+        concurrency,
+        max_requests: n,
+        time_limit: plan.time_limit,
+        request_timeout: plan.request_timeout,
+        stream,
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(200));
+
+    // Warm-up: fill connection pools at the load concurrency, plus some streams.
+    let w = load::run(spec(&chat, plan.load_c, plan.warmup, false)).await;
+    progress(name, "warm-up", &w);
+    r.absorb("warm-up", &w, false);
+    let ws = load::run(spec(
+        &stream,
+        plan.stream_c,
+        (plan.warmup / 10).max(16),
+        true,
+    ))
+    .await;
+    r.absorb("warm-up streams", &ws, false);
+    settle().await;
+
+    let c1 = load::run(spec(&chat, 1, plan.c1_requests, false)).await;
+    progress(name, "chat c=1", &c1);
+    r.absorb("chat c=1", &c1, false);
+    let mut lat = c1.latencies_ns.clone();
+    lat.sort_unstable();
+    put(&mut r, "chat_c1_p50_ms", pct_ms(&lat, 50.0));
+    put(&mut r, "chat_c1_p99_ms", pct_ms(&lat, 99.0));
+    settle().await;
+
+    let mut load_spec = spec(&chat, plan.load_c, plan.load_requests, false);
+    if let Some(d) = plan.load_duration {
+        load_spec.max_requests = 1_000_000_000;
+        load_spec.time_limit = d;
+    }
+    let cn = load::run(load_spec).await;
+    progress(name, &format!("chat c={}", plan.load_c), &cn);
+    r.absorb("chat load", &cn, plan.load_duration.is_some());
+    let mut lat = cn.latencies_ns.clone();
+    lat.sort_unstable();
+    put(&mut r, "chat_load_p50_ms", pct_ms(&lat, 50.0));
+    put(&mut r, "chat_load_p99_ms", pct_ms(&lat, 99.0));
+    put(
+        &mut r,
+        "chat_load_max_ms",
+        lat.last().map(|&n| n as f64 / 1e6),
+    );
+    put(&mut r, "chat_load_rps", (cn.ok > 0).then(|| cn.rps()));
+    settle().await;
+
+    let st = load::run(spec(&stream, plan.stream_c, plan.streams, true)).await;
+    progress(name, &format!("stream c={}", plan.stream_c), &st);
+    r.absorb("stream", &st, false);
+    let mut ttft = st.ttft_ns.clone();
+    ttft.sort_unstable();
+    let mut total = st.latencies_ns.clone();
+    total.sort_unstable();
+    put(&mut r, "ttft_p50_ms", pct_ms(&ttft, 50.0));
+    put(&mut r, "ttft_p99_ms", pct_ms(&ttft, 99.0));
+    put(&mut r, "stream_total_p50_ms", pct_ms(&total, 50.0));
+    settle().await;
+
+    let c = load::cancel_probe(
+        addr,
+        &cancel,
+        mock,
+        &plan.cancel_model,
+        plan.cancel_tries,
+        plan.cancel_wait,
+        plan.time_limit,
+    )
+    .await;
+    eprintln!(
+        "  [{name}] cancel: {} measured, {} missed, {} errors",
+        c.delays_ms.len(),
+        c.missed,
+        c.errors
+    );
+    r.absorb_cancel(&c);
+    let mut d = c.delays_ms.clone();
+    d.sort_by(f64::total_cmp);
+    put(&mut r, "cancel_p50_ms", pct_f(&d, 50.0));
+    put(&mut r, "cancel_p99_ms", pct_f(&d, 99.0));
+    put(&mut r, "cancel_max_ms", d.last().copied());
+    settle().await;
+    Ok(r)
+}
+
+fn put(r: &mut TargetResult, key: &'static str, v: Option<f64>) {
+    if let Some(v) = v {
+        r.metrics.insert(key, v);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ms,
+    Rps,
+}
+
+struct Row {
+    key: &'static str,
+    label: String,
+    kind: Kind,
+}
+
+fn rows(plan: &Plan) -> Vec<Row> {
+    let lc = plan.load_c;
+    let sc = plan.stream_c;
+    let ms = |key, label: String| Row {
+        key,
+        label,
+        kind: Kind::Ms,
+    };
+    vec![
+        ms("chat_c1_p50_ms", "chat c=1 p50 (ms)".into()),
+        ms("chat_c1_p99_ms", "chat c=1 p99 (ms)".into()),
+        ms("chat_load_p50_ms", format!("chat c={lc} p50 (ms)")),
+        ms("chat_load_p99_ms", format!("chat c={lc} p99 (ms)")),
+        ms("chat_load_max_ms", format!("chat c={lc} max (ms)")),
+        Row {
+            key: "chat_load_rps",
+            label: format!("chat c={lc} requests/s"),
+            kind: Kind::Rps,
+        },
+        ms("ttft_p50_ms", format!("stream c={sc} TTFT p50 (ms)")),
+        ms("ttft_p99_ms", format!("stream c={sc} TTFT p99 (ms)")),
+        ms(
+            "stream_total_p50_ms",
+            format!("stream c={sc} full p50 (ms)"),
+        ),
+        ms("cancel_p50_ms", "cancel->upstream close p50 (ms)".into()),
+        ms("cancel_p99_ms", "cancel->upstream close p99 (ms)".into()),
+        ms("cancel_max_ms", "cancel->upstream close max (ms)".into()),
+    ]
+}
+
+fn fmt(v: Option<f64>, kind: Kind) -> String {
+    match (v, kind) {
+        (None, _) => "-".into(),
+        (Some(v), Kind::Rps) => format!("{v:.0}"),
+        (Some(v), Kind::Ms) if v.abs() >= 100.0 => format!("{v:.1}"),
+        (Some(v), Kind::Ms) => format!("{v:.3}"),
+    }
+}
+
+fn build_kind(path: &Path) -> Option<bool> {
+    let parts: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.iter().any(|p| p == "release") {
+        Some(true)
+    } else if parts.iter().any(|p| p == "debug") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn resolve_switchboard(flag: Option<&PathBuf>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let default = workspace.join("target/release/switchboard");
+    if default.is_file() {
+        return default;
+    }
+    // Built together with this binary into the same target dir.
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("switchboard")))
+        .filter(|p| p.is_file())
+    {
+        return sibling;
+    }
+    default
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let plan = Plan::from_args(&args)?;
+    let mut wanted: Vec<String> = Vec::new();
+    for t in &args.targets {
+        let t = t.trim().to_ascii_lowercase();
+        if !ALL_TARGETS.contains(&t.as_str()) {
+            return Err(format!(
+                "unknown target {t:?}; expected some of direct,switchboard,nginx"
+            ));
+        }
+        if !wanted.contains(&t) {
+            wanted.push(t);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let started = Instant::now();
+    let mut notes: Vec<String> = Vec::new();
+    if cfg!(debug_assertions) {
+        notes
+            .push("the bench itself is a debug build; use --release for meaningful numbers".into());
+    }
+
+    let mock = MockServer::builder()
+        .worker_threads(args.mock_workers)
+        .spawn()
+        .map_err(|e| format!("cannot start the mock backend: {e}"))?;
+    let mock_url = mock.url();
+    eprintln!(
+        "mock backend at {mock_url} ({} worker threads)",
+        args.mock_workers
+    );
+
+    // Start the proxies; a target that cannot start is reported and skipped.
+    let sb_path = resolve_switchboard(args.switchboard.as_ref());
+    let sb_release = build_kind(&sb_path);
+    let mut switchboard: Option<Switchboard> = None;
+    let mut nginx: Option<Nginx> = None;
+    let mut live: Vec<(String, SocketAddr)> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for t in &wanted {
+        match t.as_str() {
+            "direct" => live.push((t.clone(), mock.addr())),
+            "switchboard" => {
+                if !sb_path.is_file() {
+                    skipped.push((
+                        t.clone(),
+                        format!(
+                            "binary {} not found (cargo build --release -p switchboard, or --switchboard PATH)",
+                            sb_path.display()
+                        ),
+                    ));
+                    continue;
+                }
+                let started = Switchboard::start(&SwitchboardOpts {
+                    binary: &sb_path,
+                    workers: args.proxy_workers,
+                });
+                let sb = match started {
+                    Ok(sb) => sb,
+                    Err(e) => {
+                        skipped.push((t.clone(), e));
+                        continue;
+                    }
+                };
+                let mut failed = None;
+                for m in [&plan.model, &plan.stream_model, &plan.cancel_model] {
+                    if let Err(e) = sb.register(m, &mock_url).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    skipped.push((t.clone(), e));
+                    continue;
+                }
+                eprintln!("switchboard {} at http://{}", sb_path.display(), sb.addr);
+                live.push((t.clone(), sb.addr));
+                switchboard = Some(sb);
+            }
+            _ => {
+                if args.no_nginx {
+                    skipped.push((t.clone(), "--no-nginx".into()));
+                    continue;
+                }
+                let Some(bin) = args.nginx.clone().or_else(targets::find_nginx) else {
+                    skipped.push((
+                        t.clone(),
+                        "nginx is not installed (apt-get install -y nginx) or use --nginx PATH"
+                            .into(),
+                    ));
+                    continue;
+                };
+                match Nginx::start(&bin, mock.addr(), args.proxy_workers) {
+                    Ok(n) => {
+                        eprintln!("nginx {} at http://{}", bin.display(), n.addr);
+                        live.push((t.clone(), n.addr));
+                        nginx = Some(n);
+                    }
+                    Err(e) => skipped.push((t.clone(), e)),
+                }
+            }
+        }
+    }
+    for (t, why) in &skipped {
+        eprintln!("skipping {t}: {why}");
+    }
+
+    let mut results: Vec<(String, TargetResult)> = Vec::new();
+    for (name, addr) in &live {
+        eprintln!("== {name} ==");
+        match bench_target(name, *addr, &plan, &mock).await {
+            Ok(r) => results.push((name.clone(), r)),
+            Err(e) => {
+                eprintln!("  [{name}] failed: {e}");
+                skipped.push((name.clone(), e));
+            }
+        }
+    }
+
+    // ---- report ----
+    let rows = rows(&plan);
+    let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
+    let direct = results.iter().find(|(n, _)| n == "direct").map(|(_, r)| r);
+    let label_w = 34;
+    let col_w = 13;
+    let mut out = String::new();
+    let header = |out: &mut String, title: &str| {
+        out.push_str(&format!("{title:<label_w$}"));
+        for n in &names {
+            out.push_str(&format!("{n:>col_w$}"));
+        }
+        out.push('\n');
+    };
+    out.push_str(&format!(
+        "\nswitchboard bench: {cores} cores, loopback; mock {} threads, proxies {} workers, client {} thread(s)\n",
+        args.mock_workers, args.proxy_workers, args.client_threads
+    ));
+    out.push_str(&format!(
+        "switchboard binary: {} ({})\n",
+        sb_path.display(),
+        match sb_release {
+            Some(true) => "release build",
+            Some(false) => "DEBUG build",
+            None => "build profile unknown",
+        }
+    ));
+    let load_desc = match plan.load_duration {
+        Some(d) => format!("{:.0} s", d.as_secs_f64()),
+        None => format!("{} req", plan.load_requests),
+    };
+    out.push_str(&format!(
+        "runs per target: warm-up {} req; c=1 {} req; c={} {}; {} streams of `{}` at c={}; {} cancels of `{}`\n\n",
+        plan.warmup, plan.c1_requests, plan.load_c, load_desc, plan.streams, plan.stream_model,
+        plan.stream_c, plan.cancel_tries, plan.cancel_model
+    ));
+    header(&mut out, "metric");
+    for row in &rows {
+        out.push_str(&format!("{:<label_w$}", row.label));
+        for (_, r) in &results {
+            out.push_str(&format!(
+                "{:>col_w$}",
+                fmt(r.metrics.get(row.key).copied(), row.kind)
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("{:<label_w$}", "errors/non-200/incomplete"));
+    for (_, r) in &results {
+        let cell = format!(
+            "{}/{}/{}",
+            r.errors,
+            r.statuses.values().sum::<u64>(),
+            r.incomplete
+        );
+        out.push_str(&format!("{cell:>col_w$}"));
+    }
+    out.push('\n');
+    out.push_str(&format!("{:<label_w$}", "cancel missed/failed"));
+    for (_, r) in &results {
+        let cell = format!("{}/{}", r.cancel_missed, r.cancel_errors);
+        out.push_str(&format!("{cell:>col_w$}"));
+    }
+    out.push('\n');
+    let mut added: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
+    if let Some(d) = direct {
+        out.push('\n');
+        header(&mut out, "added vs direct (target - direct)");
+        for row in &rows {
+            out.push_str(&format!("{:<label_w$}", row.label));
+            for (name, r) in &results {
+                let cell = match (r.metrics.get(row.key), d.metrics.get(row.key)) {
+                    _ if name == "direct" => "-".to_string(),
+                    (Some(v), Some(base)) if row.kind == Kind::Rps => {
+                        let pct = (v / base - 1.0) * 100.0;
+                        added.entry(name.clone()).or_default().insert(row.key, pct);
+                        format!("{pct:+.0}%")
+                    }
+                    (Some(v), Some(base)) => {
+                        added
+                            .entry(name.clone())
+                            .or_default()
+                            .insert(row.key, v - base);
+                        let diff = v - base;
+                        if diff.abs() >= 100.0 {
+                            format!("{diff:+.1}")
+                        } else {
+                            format!("{diff:+.3}")
+                        }
+                    }
+                    _ => "-".to_string(),
+                };
+                out.push_str(&format!("{cell:>col_w$}"));
+            }
+            out.push('\n');
+        }
+    }
+    print!("{out}");
+
+    // Notes: anything that went wrong or looked odd.
+    let mut report_notes = notes;
+    for (t, why) in &skipped {
+        report_notes.push(format!("{t} skipped: {why}"));
+    }
+    for (name, r) in &results {
+        if !r.statuses.is_empty() {
+            report_notes.push(format!("{name}: non-200 statuses {:?}", r.statuses));
+        }
+        if r.server_closes > 0 {
+            report_notes.push(format!(
+                "{name}: {} responses carried Connection: close ({} connections opened in total)",
+                r.server_closes, r.connects
+            ));
+        }
+        if !r.truncated.is_empty() {
+            report_notes.push(format!("{name}: time limit cut short {:?}", r.truncated));
+        }
+        for p in &r.problems {
+            report_notes.push(format!("{name}: {p}"));
+        }
+    }
+    let mut sb_log = None;
+    if let Some(sb) = &switchboard {
+        let (n, samples) = sb.log_summary();
+        if n > 0 {
+            report_notes.push(format!(
+                "switchboard logged {n} warn/error lines (RUST_LOG=warn), e.g.:"
+            ));
+            for s in &samples {
+                report_notes.push(format!("    {s}"));
+            }
+        }
+        sb_log = Some(json!({"lines": n, "samples": samples}));
+    }
+    if !report_notes.is_empty() {
+        println!("\nnotes:");
+        for n in &report_notes {
+            println!("  {n}");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("\ntotal bench time {elapsed:.1} s");
+
+    let mut per_target = serde_json::Map::new();
+    for (name, r) in &results {
+        let mut m: serde_json::Map<String, Value> = r
+            .metrics
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
+        m.insert("errors".into(), json!(r.errors));
+        m.insert(
+            "non_200".into(),
+            json!(r
+                .statuses
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()),
+        );
+        m.insert("incomplete_streams".into(), json!(r.incomplete));
+        m.insert("cancel_missed".into(), json!(r.cancel_missed));
+        m.insert("cancel_failed".into(), json!(r.cancel_errors));
+        m.insert("connections_opened".into(), json!(r.connects));
+        per_target.insert(name.clone(), Value::Object(m));
+    }
+    let report = json!({
+        "cores": cores,
+        "switchboard_binary": sb_path.display().to_string(),
+        "switchboard_release": sb_release,
+        "bench_release": !cfg!(debug_assertions),
+        "quick": args.quick,
+        "params": {
+            "warmup": plan.warmup,
+            "c1_requests": plan.c1_requests,
+            "load_concurrency": plan.load_c,
+            "load_requests": plan.load_requests,
+            "load_duration_s": plan.load_duration.map(|d| d.as_secs_f64()),
+            "streams": plan.streams,
+            "stream_concurrency": plan.stream_c,
+            "cancel_tries": plan.cancel_tries,
+            "model": plan.model,
+            "stream_model": plan.stream_model,
+            "cancel_model": plan.cancel_model,
+            "proxy_workers": args.proxy_workers,
+            "mock_workers": args.mock_workers,
+            "client_threads": args.client_threads,
+        },
+        "targets": per_target,
+        "added_vs_direct": added,
+        "skipped": skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
+        "switchboard_log": sb_log,
+        "elapsed_s": elapsed,
+    });
+    println!("BENCH_JSON {report}");
+
+    // Stop the proxies before the mock (explicit for clarity; guards do it anyway).
+    drop(nginx);
+    drop(switchboard);
+    drop(mock);
+    Ok(())
+}

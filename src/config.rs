@@ -1,0 +1,379 @@
+//! Configuration: every tunable is an environment variable and the same as a CLI flag
+//! (`--help` lists them with defaults). clap reads both; this module adds what clap cannot
+//! say: local vs public mode, the public-mode credential rule, errors that name the variable,
+//! and a warning for unknown `SWITCHBOARD_*` variables (a typo must not pass silently).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser};
+
+/// switchboard: an actor-based streaming broker for LLM traffic.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard", version, about, long_about = None)]
+pub struct Config {
+    /// Listen port (Railway sets PORT).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Listen address; a non-loopback address means public mode.
+    #[arg(long, env = "SWITCHBOARD_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Directory of the sled database and the generated admin key.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Admin API key; generated and stored in the data dir when unset.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// HTTP Basic user for pages, /ws and /api/sessions/* (when a password is set).
+    #[arg(long, env = "SWITCHBOARD_UI_USER", default_value = "admin")]
+    pub ui_user: String,
+    /// HTTP Basic password for pages and session routes.
+    #[arg(long, env = "SWITCHBOARD_UI_PASSWORD", hide_env_values = true)]
+    pub ui_password: Option<String>,
+    /// Comma-separated client keys; when set /v1/* requires `Authorization: Bearer <key>`.
+    #[arg(long, env = "SWITCHBOARD_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Serve and register the built-in demo backend [default: on in local mode].
+    #[arg(long, env = "SWITCHBOARD_DEMO", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub demo: Option<bool>,
+    /// Seconds between active health checks.
+    #[arg(long, env = "SWITCHBOARD_HEALTH_INTERVAL_S", default_value_t = 30.0)]
+    pub health_interval_s: f64,
+    /// Health check timeout in seconds.
+    #[arg(long, env = "SWITCHBOARD_HEALTH_TIMEOUT_S", default_value_t = 10.0)]
+    pub health_timeout_s: f64,
+    /// Failed checks before a backend is deactivated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONSECUTIVE_FAILURES",
+        default_value_t = 3
+    )]
+    pub max_consecutive_failures: u32,
+    /// Requests per minute per client IP on API routes (0 = off).
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_PER_MIN", default_value_t = 60)]
+    pub rate_limit_per_min: u32,
+    /// Concurrent WebSocket + SSE session connections per IP.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value_t = 5)]
+    pub max_connections_per_ip: u32,
+    /// Idle session expiry in seconds.
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL_S", default_value_t = 1800)]
+    pub session_ttl_s: u64,
+    /// Maximum sessions kept; detached ones are evicted LRU at the cap.
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS", default_value_t = 1000)]
+    pub max_sessions: usize,
+    /// Seconds in-flight model streams keep running after a session's last connection drops.
+    #[arg(long, env = "SWITCHBOARD_DISCONNECT_GRACE_S", default_value_t = 10)]
+    pub disconnect_grace_s: u64,
+    /// Events kept per session for resume.
+    #[arg(long, env = "SWITCHBOARD_EVENT_BUFFER", default_value_t = 4096)]
+    pub event_buffer: usize,
+    /// Take the client IP from X-Forwarded-For (behind Railway's proxy).
+    #[arg(long, env = "SWITCHBOARD_TRUST_PROXY", value_parser = BoolishValueParser::new(), default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub trust_proxy: bool,
+    /// Allow loopback/private backend addresses [default: on in local mode].
+    #[arg(long, env = "SWITCHBOARD_ALLOW_PRIVATE_BACKENDS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_backends: Option<bool>,
+    /// Start in public mode without UI password and API keys (not recommended).
+    #[arg(long, env = "SWITCHBOARD_INSECURE_PUBLIC", value_parser = BoolishValueParser::new(), default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_public: bool,
+    /// Log format: `text` or `json` (JSON lines).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Upstream TCP connect timeout in seconds.
+    #[arg(long, env = "SWITCHBOARD_CONNECT_TIMEOUT_S", default_value_t = 5.0)]
+    pub connect_timeout_s: f64,
+    /// Seconds to wait for an upstream's response headers and first byte.
+    #[arg(long, env = "SWITCHBOARD_FIRST_BYTE_TIMEOUT_S", default_value_t = 60.0)]
+    pub first_byte_timeout_s: f64,
+    /// Seconds a committed stream may stay silent upstream before it is ended with an error.
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT_S", default_value_t = 60.0)]
+    pub idle_timeout_s: f64,
+    /// Upper bound on one proxied request, in seconds.
+    #[arg(long, env = "SWITCHBOARD_TOTAL_TIMEOUT_S", default_value_t = 300.0)]
+    pub total_timeout_s: f64,
+    /// Seconds to wait for the first body chunk before committing a response anyway.
+    #[arg(long, env = "SWITCHBOARD_COMMIT_TIMEOUT_S", default_value_t = 10.0)]
+    pub commit_timeout_s: f64,
+    /// Seconds of upstream silence after which a committed stream gets `: keepalive`.
+    #[arg(long, env = "SWITCHBOARD_KEEPALIVE_S", default_value_t = 15.0)]
+    pub keepalive_s: f64,
+    /// Retries on other backends before the response is committed.
+    #[arg(long, env = "SWITCHBOARD_MAX_RETRIES", default_value_t = 2)]
+    pub max_retries: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds streams get to finish on shutdown before they are cancelled.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_S", default_value_t = 10)]
+    pub drain_timeout_s: u64,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "SWITCHBOARD_WORKERS")]
+    pub workers: Option<usize>,
+    /// Push gateway callback URL (enables /push/* and /internal/send).
+    #[arg(long, env = "SWITCHBOARD_PUSH_CALLBACK_URL")]
+    pub push_callback_url: Option<String>,
+    /// Push gateway shared secret.
+    #[arg(long, env = "SWITCHBOARD_PUSH_SECRET", hide_env_values = true)]
+    pub push_secret: Option<String>,
+}
+
+/// The variables this build knows; anything else under `SWITCHBOARD_` is warned about.
+pub const KNOWN_VARS: &[&str] = &[
+    "SWITCHBOARD_HOST",
+    "SWITCHBOARD_DATA_DIR",
+    "SWITCHBOARD_ADMIN_KEY",
+    "SWITCHBOARD_UI_USER",
+    "SWITCHBOARD_UI_PASSWORD",
+    "SWITCHBOARD_API_KEYS",
+    "SWITCHBOARD_DEMO",
+    "SWITCHBOARD_HEALTH_INTERVAL_S",
+    "SWITCHBOARD_HEALTH_TIMEOUT_S",
+    "SWITCHBOARD_MAX_CONSECUTIVE_FAILURES",
+    "SWITCHBOARD_RATE_LIMIT_PER_MIN",
+    "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
+    "SWITCHBOARD_SESSION_TTL_S",
+    "SWITCHBOARD_MAX_SESSIONS",
+    "SWITCHBOARD_DISCONNECT_GRACE_S",
+    "SWITCHBOARD_EVENT_BUFFER",
+    "SWITCHBOARD_TRUST_PROXY",
+    "SWITCHBOARD_ALLOW_PRIVATE_BACKENDS",
+    "SWITCHBOARD_INSECURE_PUBLIC",
+    "SWITCHBOARD_LOG_FORMAT",
+    "SWITCHBOARD_CONNECT_TIMEOUT_S",
+    "SWITCHBOARD_FIRST_BYTE_TIMEOUT_S",
+    "SWITCHBOARD_IDLE_TIMEOUT_S",
+    "SWITCHBOARD_TOTAL_TIMEOUT_S",
+    "SWITCHBOARD_COMMIT_TIMEOUT_S",
+    "SWITCHBOARD_KEEPALIVE_S",
+    "SWITCHBOARD_MAX_RETRIES",
+    "SWITCHBOARD_MAX_BODY_BYTES",
+    "SWITCHBOARD_DRAIN_TIMEOUT_S",
+    "SWITCHBOARD_WORKERS",
+    "SWITCHBOARD_PUSH_CALLBACK_URL",
+    "SWITCHBOARD_PUSH_SECRET",
+];
+
+/// A configuration that parsed but cannot run. The message names the variable to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}: {problem}")]
+    Invalid { var: &'static str, problem: String },
+    #[error(
+        "refusing to start in public mode (listening on {host}, not a loopback address) without \
+         credentials: set SWITCHBOARD_UI_PASSWORD (pages and sessions) and SWITCHBOARD_API_KEYS \
+         (comma-separated client keys for /v1), or set SWITCHBOARD_INSECURE_PUBLIC=1 to run open"
+    )]
+    PublicWithoutCredentials { host: String },
+}
+
+impl Config {
+    /// Whether the listen address is loopback (local mode: demo on, private backends allowed).
+    pub fn is_local(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Demo backend: on in local mode unless turned off; never in public mode.
+    pub fn demo_enabled(&self) -> bool {
+        self.is_local() && self.demo.unwrap_or(true)
+    }
+
+    /// Private backends: allowed in local mode unless turned off; an explicit value wins.
+    pub fn private_backends_allowed(&self) -> bool {
+        self.allow_private_backends.unwrap_or(self.is_local())
+    }
+
+    /// Client API keys, trimmed, empty entries dropped.
+    pub fn client_keys(&self) -> Vec<String> {
+        self.api_keys
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Checks what clap cannot: value ranges and the public-mode rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("SWITCHBOARD_HEALTH_INTERVAL_S", self.health_interval_s),
+            ("SWITCHBOARD_HEALTH_TIMEOUT_S", self.health_timeout_s),
+            ("SWITCHBOARD_CONNECT_TIMEOUT_S", self.connect_timeout_s),
+            (
+                "SWITCHBOARD_FIRST_BYTE_TIMEOUT_S",
+                self.first_byte_timeout_s,
+            ),
+            ("SWITCHBOARD_IDLE_TIMEOUT_S", self.idle_timeout_s),
+            ("SWITCHBOARD_TOTAL_TIMEOUT_S", self.total_timeout_s),
+            ("SWITCHBOARD_COMMIT_TIMEOUT_S", self.commit_timeout_s),
+            ("SWITCHBOARD_KEEPALIVE_S", self.keepalive_s),
+        ];
+        for (var, v) in positive {
+            if !(v.is_finite() && v > 0.0 && v < 1e7) {
+                return Err(ConfigError::Invalid {
+                    var,
+                    problem: format!("must be a positive number of seconds, got {v}"),
+                });
+            }
+        }
+        if self.max_consecutive_failures == 0 {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_CONSECUTIVE_FAILURES",
+                "must be at least 1",
+            ));
+        }
+        if self.event_buffer == 0 {
+            return Err(invalid("SWITCHBOARD_EVENT_BUFFER", "must be at least 1"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_BODY_BYTES",
+                "must be at least 1024",
+            ));
+        }
+        if self.workers == Some(0) {
+            return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
+        }
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<IpAddr>().is_err() && !host.eq_ignore_ascii_case("localhost") {
+            return Err(invalid(
+                "SWITCHBOARD_HOST",
+                "must be an IP address (e.g. 127.0.0.1 or 0.0.0.0)",
+            ));
+        }
+        if let Some(url) = &self.push_callback_url {
+            if switchboard_actors::url_policy::parse(url).is_err() {
+                return Err(invalid(
+                    "SWITCHBOARD_PUSH_CALLBACK_URL",
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        let has_credentials = self.ui_password.as_deref().is_some_and(|p| !p.is_empty())
+            && !self.client_keys().is_empty();
+        if !self.is_local() && !has_credentials && !self.insecure_public {
+            return Err(ConfigError::PublicWithoutCredentials {
+                host: self.host.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Seconds as a `Duration` (values are validated positive).
+    pub fn secs(v: f64) -> Duration {
+        Duration::from_secs_f64(v)
+    }
+}
+
+fn invalid(var: &'static str, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        problem: problem.to_string(),
+    }
+}
+
+/// Names of `SWITCHBOARD_*` variables in `vars` that this build does not know.
+pub fn unknown_vars<'a>(vars: impl Iterator<Item = &'a str>) -> Vec<String> {
+    vars.filter(|k| k.starts_with("SWITCHBOARD_") && !KNOWN_VARS.contains(k))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Rewrites a clap error so it names the environment variable as well as the flag.
+pub fn explain_clap_error(err: &clap::Error) -> String {
+    use clap::error::ContextKind;
+    let text = err.to_string();
+    let Some(arg) = err.get(ContextKind::InvalidArg).map(|a| a.to_string()) else {
+        return text;
+    };
+    let flag = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--");
+    let var = if flag == "port" {
+        "PORT".to_string()
+    } else {
+        format!("SWITCHBOARD_{}", flag.replace('-', "_").to_uppercase())
+    };
+    format!(
+        "invalid value for {var} (--{flag}): {}",
+        text.trim_start_matches("error: ").trim()
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["switchboard"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn local_mode_defaults() {
+        let c = parse(&[]);
+        assert!(c.is_local());
+        assert!(c.demo_enabled());
+        assert!(c.private_backends_allowed());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn public_mode_requires_credentials_or_insecure_flag() {
+        let c = parse(&["--host", "0.0.0.0"]);
+        assert!(!c.demo_enabled() && !c.private_backends_allowed());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("SWITCHBOARD_UI_PASSWORD") && err.contains("SWITCHBOARD_API_KEYS"));
+        let ok = parse(&[
+            "--host",
+            "0.0.0.0",
+            "--ui-password",
+            "p",
+            "--api-keys",
+            "k1, k2",
+        ]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.client_keys(), ["k1", "k2"]);
+        assert_eq!(
+            parse(&["--host", "0.0.0.0", "--insecure-public", "1"]).validate(),
+            Ok(())
+        );
+        assert!(!parse(&[
+            "--host",
+            "0.0.0.0",
+            "--demo",
+            "true",
+            "--insecure-public",
+            "1"
+        ])
+        .demo_enabled());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = parse(&["--health-interval-s", "0"]).validate().unwrap_err();
+        assert!(err.to_string().starts_with("SWITCHBOARD_HEALTH_INTERVAL_S"));
+        let clap_err = Config::try_parse_from(["switchboard", "--port", "http"]).unwrap_err();
+        assert!(explain_clap_error(&clap_err).contains("PORT"));
+        let clap_err = Config::try_parse_from(["switchboard", "--max-retries", "x"]).unwrap_err();
+        assert!(explain_clap_error(&clap_err).contains("SWITCHBOARD_MAX_RETRIES"));
+    }
+
+    #[test]
+    fn unknown_switchboard_vars_are_reported() {
+        let vars = ["SWITCHBOARD_HOST", "SWITCHBOARD_HEALTH_INTERVAL", "PATH"];
+        assert_eq!(
+            unknown_vars(vars.into_iter()),
+            ["SWITCHBOARD_HEALTH_INTERVAL"]
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The one HTTP error type. Every error any route returns has OpenAI's shape
+//! `{"error":{"message","type","param","code"}}`, so SDKs and the UI parse one thing. The
+//! mapping from engine errors to status codes lives here and nowhere else.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use switchboard_actors::routing::RouteError;
+use switchboard_actors::supervisor::AdminError;
+
+/// An error response. Building it has no side effects; logging happens where it is decided.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub param: Option<String>,
+    /// Seconds for `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code,
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 for a malformed or invalid request body or field.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            message,
+        )
+    }
+
+    /// 400 naming the offending field.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::invalid(message);
+        e.param = Some(param.to_string());
+        e
+    }
+
+    /// 401: missing or wrong client key on `/v1`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            Some("invalid_api_key"),
+            message,
+        )
+    }
+
+    /// 403: missing or wrong admin key.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("invalid_admin_key"),
+            message,
+        )
+    }
+
+    /// 404 for an unknown route or resource.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("not_found"),
+            message,
+        )
+    }
+
+    /// 404 for a model with no registered backend.
+    pub fn model_not_found(model: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("The model `{model}` does not exist: no backend is registered for it"),
+        );
+        e.param = Some("model".into());
+        e
+    }
+
+    /// 413 for a body over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 503 when no healthy backend serves the model.
+    pub fn no_healthy_backend(model: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("no_healthy_backend"),
+            format!("no healthy backend is available for model `{model}`"),
+        );
+        e.retry_after = Some(5);
+        e
+    }
+
+    /// 504 when every attempt failed or timed out.
+    pub fn upstream_failed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            Some("upstream_failed"),
+            message,
+        )
+    }
+
+    /// 500 for our own failure (storage).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            Some("internal_error"),
+            message,
+        )
+    }
+
+    /// The JSON body, also used inside SSE streams.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status);
+        if let Some(s) = self.retry_after {
+            resp.insert_header((header::RETRY_AFTER, s.to_string()));
+        }
+        resp.json(self.body())
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(_: RouteError) -> Self {
+        // Route errors need the model name; callers use `route_error` instead.
+        Self::internal("routing error")
+    }
+}
+
+/// Maps a routing failure for `model` to 404 / 503.
+pub fn route_error(err: RouteError, model: &str) -> ApiError {
+    match err {
+        RouteError::UnknownModel => ApiError::model_not_found(model),
+        RouteError::NoHealthyBackend => ApiError::no_healthy_backend(model),
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(err: AdminError) -> Self {
+        let message = err.to_string();
+        match err {
+            AdminError::NotFound(_) => ApiError::not_found(message),
+            AdminError::Invalid(_) => ApiError::invalid_param("endpoint_url", message),
+            AdminError::Conflict(_) | AdminError::Demo => ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("conflict"),
+                message,
+            ),
+            AdminError::VerifyFailed { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("health_check_failed"),
+                message,
+            ),
+            AdminError::Storage(_) => ApiError::internal(message),
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The OpenAI-compatible gateway (`/v1/*`): routing, failover before commit, streaming relay.
+//!
+//! A request is tried on up to `1 + max_retries` healthy backends of its model, round-robin.
+//! An attempt is *committed* (its status and headers go to the client) when the first upstream
+//! body chunk arrives, or after the commit timeout without one. Before that, a connect error,
+//! timeout, 5xx or a stream that dies marks the backend unhealthy and the next one is tried.
+
+use std::time::Duration;
+
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_actors::routing::{BackendHandle, InFlightGuard};
+use tokio::time::Instant;
+
+use crate::auth;
+use crate::errors::{route_error, ApiError};
+use crate::http::relay::{RelayBody, RelayTimers, UpstreamBody};
+use crate::state::{AppState, WorkerClient};
+
+/// Response header naming the backend that served a proxied request.
+pub const BACKEND_HEADER: &str = "x-switchboard-backend";
+/// Request/response header correlating a request across broker and backend logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Routes under `/v1`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/models", web::get().to(list_models))
+        .route("/v1/chat/completions", web::post().to(chat_completions))
+        .route("/v1/completions", web::post().to(completions))
+        .route("/v1/embeddings", web::post().to(embeddings));
+}
+
+async fn chat_completions(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<WorkerClient>,
+) -> Result<HttpResponse, ApiError> {
+    proxy(req, body, state, client, Endpoint::Chat).await
+}
+
+async fn completions(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<WorkerClient>,
+) -> Result<HttpResponse, ApiError> {
+    proxy(req, body, state, client, Endpoint::Completions).await
+}
+
+async fn embeddings(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<WorkerClient>,
+) -> Result<HttpResponse, ApiError> {
+    proxy(req, body, state, client, Endpoint::Embeddings).await
+}
+
+/// The proxied endpoints; each knows its upstream path and required fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+            Self::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// The fields the gateway itself needs; everything else is passed through untouched.
+#[derive(Deserialize)]
+struct RequestHead {
+    model: Option<serde_json::Value>,
+    stream: Option<serde_json::Value>,
+    messages: Option<Vec<IgnoredAny>>,
+}
+
+/// Validates the body enough to route it: a JSON object with a string `model`, a boolean
+/// `stream` if present and (for chat) an array `messages`. Returns the model name.
+pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<String, ApiError> {
+    let head: RequestHead = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            if e.to_string().contains("expected a sequence") {
+                return ApiError::invalid_param("messages", "`messages` must be an array");
+            }
+            ApiError::invalid(format!("request body must be a JSON object: {e}"))
+        } else {
+            ApiError::invalid(format!("request body is not valid JSON: {e}"))
+        }
+    })?;
+    let model = match head.model {
+        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m,
+        Some(serde_json::Value::String(_)) | None => {
+            return Err(ApiError::invalid_param("model", "`model` is required"))
+        }
+        Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a string")),
+    };
+    if let Some(stream) = &head.stream {
+        if !stream.is_boolean() && !stream.is_null() {
+            return Err(ApiError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ));
+        }
+    }
+    if endpoint == Endpoint::Chat && head.messages.is_none() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` is required",
+        ));
+    }
+    Ok(model)
+}
+
+/// Reads the body up to `limit` bytes; 413 past it (checked on `Content-Length` first).
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The client's request id when it sent a sane one, else a new uuid.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+async fn proxy(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<WorkerClient>,
+    endpoint: Endpoint,
+) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
+    auth::require_client(req.headers(), &state.client_keys)?;
+    let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
+    let model = parse_request(&body, endpoint)?;
+    let request_id = request_id(req.headers());
+    let candidates = state
+        .table
+        .candidates(&model, 1 + state.proxy.max_retries)
+        .map_err(|e| route_error(e, &model))?;
+
+    let mut last_error = String::new();
+    for (attempt, backend) in candidates.into_iter().enumerate() {
+        let guard = backend.start_request();
+        match try_backend(
+            &client.0,
+            &backend,
+            &req,
+            &body,
+            endpoint,
+            &request_id,
+            &state,
+        )
+        .await
+        {
+            Ok(committed) => {
+                log::info!(
+                    "request_id={request_id} model={model} backend={} status={} attempt={} commit_ms={}",
+                    backend.id,
+                    committed.status.as_u16(),
+                    attempt + 1,
+                    arrived.elapsed().as_millis()
+                );
+                return Ok(respond(committed, guard, arrived, &request_id, &state));
+            }
+            Err(reason) => {
+                log::warn!(
+                    "request_id={request_id} model={model} backend={} attempt={} failed: {reason}",
+                    backend.id,
+                    attempt + 1
+                );
+                backend.report_failure(reason.clone());
+                last_error = reason;
+            }
+        }
+    }
+    Err(ApiError::upstream_failed(format!(
+        "every backend attempt for model `{model}` failed; last error: {last_error}"
+    )))
+}
+
+/// An upstream response that is ready to be sent to the client.
+struct Committed {
+    status: StatusCode,
+    headers: HeaderMap,
+    first: Option<Bytes>,
+    rest: UpstreamBody,
+    content_length: Option<u64>,
+    is_sse: bool,
+}
+
+/// Headers that describe one hop's connection, never forwarded.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// One attempt: send, check the status, wait for the first chunk. `Err` means "try the next
+/// backend" and carries the reason recorded against this one.
+async fn try_backend(
+    client: &awc::Client,
+    backend: &BackendHandle,
+    req: &HttpRequest,
+    body: &Bytes,
+    endpoint: Endpoint,
+    request_id: &str,
+    state: &AppState,
+) -> Result<Committed, String> {
+    let mut upstream = client
+        .post(format!("{}{}", backend.base_url, endpoint.path()))
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((REQUEST_ID_HEADER, request_id));
+    for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
+        if let Some(v) = req.headers().get(&name) {
+            upstream = upstream.insert_header((name, v.clone()));
+        }
+    }
+    if let Some(auth) = &backend.auth_header {
+        upstream = upstream.insert_header((header::AUTHORIZATION, auth.as_str()));
+    }
+    let resp = upstream
+        .send_body(body.clone())
+        .await
+        .map_err(|e| match e {
+            awc::error::SendRequestError::Timeout => {
+                "timed out waiting for response headers".to_string()
+            }
+            e => format!("request failed: {e}"),
+        })?;
+    let status = resp.status();
+    if status.is_server_error() {
+        return Err(format!("backend answered HTTP {}", status.as_u16()));
+    }
+    let headers = resp.headers().clone();
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut rest: UpstreamBody = Box::pin(resp);
+    let first = match tokio::time::timeout(state.proxy.commit_timeout, rest.next()).await {
+        Ok(Some(Ok(chunk))) => Some(chunk),
+        Ok(Some(Err(e))) => return Err(format!("stream failed before the first byte: {e}")),
+        Ok(None) => None,
+        Err(_) => None, // commit anyway; the relay keeps waiting up to the idle timeout
+    };
+    Ok(Committed {
+        status,
+        headers,
+        first,
+        rest,
+        content_length,
+        is_sse,
+    })
+}
+
+fn respond(
+    c: Committed,
+    guard: InFlightGuard,
+    arrived: Instant,
+    request_id: &str,
+    state: &AppState,
+) -> HttpResponse {
+    let mut resp = HttpResponse::build(c.status);
+    for (name, value) in c.headers.iter() {
+        if !is_hop_by_hop(name) {
+            resp.append_header((name.clone(), value.clone()));
+        }
+    }
+    resp.insert_header((BACKEND_HEADER, guard.backend().id.to_string()))
+        .insert_header((REQUEST_ID_HEADER, request_id.to_string()));
+    if c.is_sse {
+        resp.insert_header(("x-accel-buffering", "no"));
+    }
+    let timers = RelayTimers {
+        idle: state.proxy.idle_timeout,
+        deadline: arrived + state.proxy.total_timeout,
+        keepalive: state.proxy.keepalive,
+    };
+    let relay = RelayBody::new(
+        c.rest,
+        c.first,
+        c.is_sse,
+        c.content_length,
+        timers,
+        guard,
+        request_id.to_string(),
+    );
+    match c.content_length {
+        Some(len) if !c.is_sse => resp.body(SizedStream::new(len, relay)),
+        _ => resp.body(BodyStream::new(relay)),
+    }
+}
+
+/// `GET /v1/models`: one entry per model name with an active backend.
+async fn list_models(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    auth::require_client(req.headers(), &state.client_keys)?;
+    let snapshot = state.table.snapshot();
+    let mut models: Vec<_> = snapshot
+        .iter()
+        .filter_map(|(name, route)| {
+            let active = route.backends.iter().filter(|b| b.is_active()).count();
+            let healthy = route.backends.iter().filter(|b| b.is_routable()).count();
+            (active > 0).then(|| {
+                json!({"id": name, "object": "model", "created": state.started_unix,
+                       "owned_by": "switchboard", "backends": active, "healthy_backends": healthy})
+            })
+        })
+        .collect();
+    models.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": models})))
+}
+
+/// Proxy timing and limits, from configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub max_body_bytes: usize,
+    pub max_retries: usize,
+    pub commit_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+    pub keepalive: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(r: Result<String, ApiError>) -> Result<String, (u16, Option<String>)> {
+        r.map_err(|e| (e.status.as_u16(), e.param))
+    }
+
+    #[test]
+    fn request_validation() {
+        let ok = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        assert_eq!(status(parse_request(ok, Endpoint::Chat)), Ok("m".into()));
+        assert_eq!(
+            status(parse_request(b"{not json", Endpoint::Chat))
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert_eq!(
+            status(parse_request(b"[1,2]", Endpoint::Chat))
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert_eq!(
+            status(parse_request(br#"{"messages":[]}"#, Endpoint::Chat)),
+            Err((400, Some("model".into())))
+        );
+        assert_eq!(
+            status(parse_request(
+                br#"{"model":5,"messages":[]}"#,
+                Endpoint::Chat
+            )),
+            Err((400, Some("model".into())))
+        );
+        assert_eq!(
+            status(parse_request(
+                br#"{"model":"m","messages":"hi"}"#,
+                Endpoint::Chat
+            )),
+            Err((400, Some("messages".into())))
+        );
+        assert_eq!(
+            status(parse_request(
+                br#"{"model":"m","messages":[],"stream":"yes"}"#,
+                Endpoint::Chat
+            )),
+            Err((400, Some("stream".into())))
+        );
+        assert_eq!(
+            status(parse_request(
+                br#"{"model":"m","input":"x"}"#,
+                Endpoint::Embeddings
+            )),
+            Ok("m".into())
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static(REQUEST_ID_HEADER),
+            header::HeaderValue::from_static("abc-1"),
+        );
+        assert_eq!(request_id(&h), "abc-1");
+        h.insert(
+            HeaderName::from_static(REQUEST_ID_HEADER),
+            header::HeaderValue::from_static("has space"),
+        );
+        assert_ne!(request_id(&h), "has space");
+    }
+}

@@ -1,0 +1,231 @@
+//! The response body of a committed proxied request: upstream bytes relayed as they arrive,
+//! with the timeouts, keep-alive comments and explicit error ending of SPEC §2.
+//!
+//! Dropping a `RelayBody` (the client went away) drops the upstream response with it; awc then
+//! closes that TCP connection instead of returning it to the pool, so the backend sees the close
+//! and stops generating.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use awc::error::PayloadError;
+use bytes::Bytes;
+use futures_util::Stream;
+use switchboard_actors::routing::InFlightGuard;
+use tokio::time::{sleep, Instant, Sleep};
+
+use crate::errors::ApiError;
+
+/// An SSE comment that keeps idle proxies (60 s timeouts) from closing a silent stream.
+pub const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
+
+/// The upstream body, boxed so relay does not name awc's decoder types.
+pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
+
+/// Timers of one relay, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayTimers {
+    /// Silence allowed before the first byte (after commit) and between chunks.
+    pub idle: Duration,
+    /// Whole-request deadline, measured from when the request arrived.
+    pub deadline: Instant,
+    /// Silence after which an SSE stream gets a keep-alive comment.
+    pub keepalive: Duration,
+}
+
+/// See the module docs.
+pub struct RelayBody {
+    upstream: UpstreamBody,
+    /// The chunk that committed the response, sent first.
+    first: Option<Bytes>,
+    /// Whether the body is `text/event-stream` (keep-alives and error events are SSE-only).
+    is_sse: bool,
+    idle: Pin<Box<Sleep>>,
+    keepalive: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    timers: RelayTimers,
+    /// Ended: the upstream finished, or a failure was reported and its error sent.
+    done: bool,
+    /// The end-of-stream marker of an OpenAI stream was relayed. awc reports a chunked body
+    /// cut off by a closed socket as a clean end, so an SSE stream that ends without it is
+    /// treated as broken.
+    done_marker: DoneMarker,
+    /// Declared `Content-Length` and the bytes relayed so far (a short body is broken too).
+    expected_len: Option<u64>,
+    relayed: u64,
+    /// Counts the request in the backend's `in_flight` until the body is dropped.
+    guard: InFlightGuard,
+    request_id: String,
+}
+
+impl RelayBody {
+    /// Wraps an upstream body whose first chunk (if any) already arrived.
+    pub fn new(
+        upstream: UpstreamBody,
+        first: Option<Bytes>,
+        is_sse: bool,
+        expected_len: Option<u64>,
+        timers: RelayTimers,
+        guard: InFlightGuard,
+        request_id: String,
+    ) -> Self {
+        Self {
+            done_marker: DoneMarker::default(),
+            expected_len,
+            relayed: 0,
+            upstream,
+            first,
+            is_sse,
+            idle: Box::pin(sleep(timers.idle)),
+            keepalive: Box::pin(sleep(timers.keepalive)),
+            deadline: Box::pin(tokio::time::sleep_until(timers.deadline)),
+            timers,
+            done: false,
+            guard,
+            request_id,
+        }
+    }
+
+    fn relay(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.saw_traffic();
+        self.relayed += chunk.len() as u64;
+        if self.is_sse {
+            self.done_marker.feed(&chunk);
+        }
+        Poll::Ready(Some(Ok(chunk)))
+    }
+
+    /// The upstream body ended; decide whether it ended whole.
+    fn finish(&mut self) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        if let Some(len) = self.expected_len {
+            if self.relayed < len {
+                return self.fail(format!("body ended after {} of {len} bytes", self.relayed));
+            }
+        } else if self.is_sse && !self.done_marker.seen {
+            return self.fail("stream ended without data: [DONE] (connection lost)".into());
+        }
+        self.done = true;
+        Poll::Ready(None)
+    }
+
+    fn saw_traffic(&mut self) {
+        let now = Instant::now();
+        self.idle.as_mut().reset(now + self.timers.idle);
+        self.keepalive.as_mut().reset(now + self.timers.keepalive);
+    }
+
+    /// Ends the stream after a post-commit failure: the backend is marked (passive check) and
+    /// the client gets an explicit error, never a silent clean end.
+    fn fail(&mut self, reason: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.done = true;
+        let backend = self.guard.backend();
+        log::warn!(
+            "request_id={} backend={} stream failed after commit: {reason}",
+            self.request_id,
+            backend.id
+        );
+        backend.report_failure(reason.clone());
+        if self.is_sse {
+            let err = ApiError::upstream_failed(format!("upstream stream failed: {reason}"));
+            let mut line = b"data: ".to_vec();
+            line.extend_from_slice(err.body().to_string().as_bytes());
+            line.extend_from_slice(b"\n\n");
+            Poll::Ready(Some(Ok(Bytes::from(line))))
+        } else {
+            Poll::Ready(Some(Err(std::io::Error::other(reason))))
+        }
+    }
+}
+
+impl Stream for RelayBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            return this.relay(first);
+        }
+        match this.upstream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => return this.relay(chunk),
+            Poll::Ready(Some(Err(e))) => return this.fail(e.to_string()),
+            Poll::Ready(None) => return this.finish(),
+            Poll::Pending => {}
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return this.fail("total request timeout reached".into());
+        }
+        if this.idle.as_mut().poll(cx).is_ready() {
+            let secs = this.timers.idle.as_secs_f64();
+            return this.fail(format!("upstream silent for {secs:.0} s"));
+        }
+        if this.is_sse && this.keepalive.as_mut().poll(cx).is_ready() {
+            let next = Instant::now() + this.timers.keepalive;
+            this.keepalive.as_mut().reset(next);
+            return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
+        }
+        Poll::Pending
+    }
+}
+
+/// Watches a byte stream for the `[DONE]` marker, also when it is split across chunks.
+#[derive(Default)]
+struct DoneMarker {
+    /// The last bytes of the previous chunk (a marker may straddle two chunks).
+    tail: Vec<u8>,
+    seen: bool,
+}
+
+const DONE: &[u8] = b"[DONE]";
+
+impl DoneMarker {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.seen {
+            // A later data event after the marker would be odd; the marker still counts.
+            return;
+        }
+        let head = &chunk[..chunk.len().min(DONE.len())];
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(head);
+        self.seen = contains(&joined, DONE) || contains(chunk, DONE);
+        let keep = DONE.len() - 1;
+        self.tail = if chunk.len() >= keep {
+            chunk[chunk.len() - keep..].to_vec()
+        } else {
+            // `joined` holds the old tail and the whole (short) chunk.
+            joined[joined.len().saturating_sub(keep)..].to_vec()
+        };
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_marker_is_found_whole_or_split() {
+        let stream = b"data: {\"x\":1}\n\ndata: [DONE]\n\n";
+        for split in 0..stream.len() {
+            let mut m = DoneMarker::default();
+            m.feed(&stream[..split]);
+            m.feed(&stream[split..]);
+            assert!(m.seen, "split at {split}");
+        }
+        let mut m = DoneMarker::default();
+        for b in stream.iter() {
+            m.feed(std::slice::from_ref(b));
+        }
+        assert!(m.seen);
+        let mut none = DoneMarker::default();
+        none.feed(b"data: {\"content\":\"[DONE\"}\n\n");
+        assert!(!none.seen);
+    }
+}

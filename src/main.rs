@@ -1,0 +1,181 @@
+//! switchboard: an actor-based streaming broker for LLM traffic.
+//!
+//! # Layout
+//! - `config`: environment variables / flags, local vs public mode, startup validation.
+//! - `startup`: logging, the data dir and the admin key.
+//! - `state`: what handlers share (routing table, supervisor address, settings).
+//! - `http`: the routes (`openai` gateway, `admin`, `ops`) and the streaming `relay` body.
+//! - `auth`, `errors`: credentials and the one error shape.
+//! - `demo`: the built-in demo backend for local mode.
+//!
+//! The engine (registry, health, routing, upstream) lives in the `switchboard-actors` crate.
+
+mod auth;
+mod config;
+mod demo;
+mod errors;
+mod http;
+mod startup;
+mod state;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use clap::Parser;
+use switchboard_actors::backend::HealthPolicy;
+use switchboard_actors::registry::Registry;
+use switchboard_actors::routing::RoutingTable;
+use switchboard_actors::supervisor::{Flush, HealthSupervisor, SupervisorConfig};
+use switchboard_actors::upstream::{build_client, UpstreamConfig};
+
+use crate::config::Config;
+use crate::http::openai::ProxySettings;
+use crate::state::{AppState, WorkerClient};
+
+/// A deactivated server is probed only every this many intervals (SPEC §3.3).
+const SLOW_PROBE_FACTOR: u32 = 10;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            eprintln!("switchboard: {}", config::explain_clap_error(&e));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    startup::init_logging(&config.log_format);
+    for var in config::unknown_vars(
+        std::env::vars()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    ) {
+        log::warn!(
+            "unknown environment variable {var} is ignored (typo?); see --help for the known ones"
+        );
+    }
+    if let Err(e) = config.validate() {
+        log::error!("{e}");
+        eprintln!("switchboard: {e}");
+        return ExitCode::from(2);
+    }
+    match actix_web::rt::System::new().block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "SWITCHBOARD_DATA_DIR {}: cannot create: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let registry = Registry::open(&config.data_dir).map_err(|e| {
+        format!(
+            "SWITCHBOARD_DATA_DIR {}: cannot open database: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let admin_key = startup::admin_key(&config, &registry)?;
+
+    let upstream = UpstreamConfig {
+        connect_timeout: Config::secs(config.connect_timeout_s),
+        first_byte_timeout: Config::secs(config.first_byte_timeout_s),
+        allow_private: config.private_backends_allowed(),
+    };
+    let table = Arc::new(RoutingTable::default());
+    let supervisor = HealthSupervisor::new(
+        registry,
+        Arc::clone(&table),
+        SupervisorConfig {
+            policy: HealthPolicy {
+                interval: Config::secs(config.health_interval_s),
+                timeout: Config::secs(config.health_timeout_s),
+                max_consecutive_failures: config.max_consecutive_failures,
+                slow_probe_factor: SLOW_PROBE_FACTOR,
+            },
+            upstream: upstream.clone(),
+        },
+    )
+    .map_err(|e| format!("cannot load registrations: {e}"))?
+    .start();
+
+    let _demo = if config.demo_enabled() {
+        Some(
+            demo::start(&supervisor)
+                .await
+                .map_err(|e| format!("cannot start the demo backend: {e}"))?,
+        )
+    } else {
+        None
+    };
+
+    let state = web::Data::new(AppState {
+        proxy: ProxySettings {
+            max_body_bytes: config.max_body_bytes,
+            max_retries: config.max_retries,
+            commit_timeout: Config::secs(config.commit_timeout_s),
+            idle_timeout: Config::secs(config.idle_timeout_s),
+            total_timeout: Config::secs(config.total_timeout_s),
+            keepalive: Config::secs(config.keepalive_s),
+        },
+        client_keys: config.client_keys(),
+        table,
+        supervisor: supervisor.clone(),
+        admin_key,
+        started,
+        started_unix: switchboard_actors::record::now_ms() / 1000,
+    });
+
+    let app_state = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(web::Data::new(WorkerClient(build_client(&upstream))))
+            .configure(http::configure)
+            .default_service(web::to(http::not_found))
+    })
+    // A client that closes its side mid-request is gone: stop its handler (and with it the
+    // upstream request) instead of waiting to write to a closed socket.
+    .h1_allow_half_closed(false)
+    .shutdown_timeout(config.drain_timeout_s);
+    if let Some(n) = config.workers {
+        server = server.workers(n);
+    }
+    let server = server
+        .bind((config.host.as_str(), config.port))
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{} (SWITCHBOARD_HOST/PORT): {e}",
+                config.host, config.port
+            )
+        })?;
+    for addr in server.addrs() {
+        // The one line tests and scripts wait for; stdout, flushed by println.
+        println!("switchboard listening on http://{addr}");
+        log::info!(
+            "listening on http://{addr} ({} mode, demo {})",
+            if config.is_local() { "local" } else { "public" },
+            if config.demo_enabled() { "on" } else { "off" }
+        );
+    }
+    let result = server.run().await;
+    log::info!("HTTP server stopped; flushing the registry");
+    let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(Flush)).await;
+    result.map_err(|e| format!("server error: {e}"))
+}

@@ -1,0 +1,28 @@
+//! Shared application state handed to every handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use switchboard_actors::routing::RoutingTable;
+use switchboard_actors::supervisor::HealthSupervisor;
+
+use crate::http::openai::ProxySettings;
+
+/// Process-wide state (`Send + Sync`), one `Arc` shared by all workers.
+pub struct AppState {
+    /// The routing snapshot the hot path reads without messaging any actor.
+    pub table: Arc<RoutingTable>,
+    /// Owner of the backend actors; admin mutations go through it.
+    pub supervisor: Addr<HealthSupervisor>,
+    pub admin_key: String,
+    pub client_keys: Vec<String>,
+    pub proxy: ProxySettings,
+    pub started: Instant,
+    /// Start time as unix seconds (the `created` of listed models).
+    pub started_unix: u64,
+}
+
+/// This worker's upstream client. `awc::Client` is `!Send`, so each HTTP worker builds its own
+/// in the app factory and reuses it (and its keep-alive pool) for every request it serves.
+pub struct WorkerClient(pub awc::Client);

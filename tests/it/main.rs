@@ -1,0 +1,10 @@
+//! Integration tests: the real broker binary on loopback ports with a temp sled dir, mock
+//! backends from `fixtures/mockllm`, real HTTP clients. One test binary (link time).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod gateway;
+mod harness;
+mod health;
+mod persistence;
+mod startup;

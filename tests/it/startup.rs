@@ -1,0 +1,144 @@
+//! Startup: configuration errors name the variable; public mode needs credentials.
+
+use std::process::Command;
+
+use awc::http::StatusCode;
+
+use crate::harness::*;
+
+fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.env("SWITCHBOARD_DATA_DIR", dir.path())
+        .env("PORT", "0")
+        .env("SWITCHBOARD_DEMO", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(args).output().expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn public_mode_without_credentials_refuses_to_start() {
+    let (code, text) = run(&[("SWITCHBOARD_HOST", "0.0.0.0")], &[]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("SWITCHBOARD_UI_PASSWORD") && text.contains("SWITCHBOARD_API_KEYS"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_values_fail_startup_naming_the_variable() {
+    for (var, value) in [
+        ("PORT", "eighty"),
+        ("SWITCHBOARD_HEALTH_INTERVAL_S", "-1"),
+        ("SWITCHBOARD_DEMO", "maybe"),
+        ("SWITCHBOARD_MAX_RETRIES", "x"),
+    ] {
+        let (code, text) = run(&[(var, value)], &[]);
+        assert_eq!(code, 2, "{var}={value}: {text}");
+        assert!(text.contains(var), "{var}={value} not named: {text}");
+    }
+}
+
+#[test]
+fn help_lists_every_variable_with_defaults() {
+    let (code, text) = run(&[], &["--help"]);
+    assert_eq!(code, 0);
+    for var in [
+        "PORT",
+        "SWITCHBOARD_HOST",
+        "SWITCHBOARD_DATA_DIR",
+        "SWITCHBOARD_HEALTH_INTERVAL_S",
+        "SWITCHBOARD_MAX_CONSECUTIVE_FAILURES",
+        "SWITCHBOARD_EVENT_BUFFER",
+    ] {
+        assert!(text.contains(var), "--help lacks {var}");
+    }
+    assert!(text.contains("[default: 8080]"));
+}
+
+#[actix_rt::test]
+async fn unknown_variable_is_warned_and_generated_admin_key_is_private() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_string_lossy().to_string();
+    let mut broker = Broker::start(&[
+        ("SWITCHBOARD_HEALTH_INTERVL_S", "3"),
+        ("SWITCHBOARD_ADMIN_KEY", ""),
+        ("SWITCHBOARD_DATA_DIR", &dir),
+    ]);
+    assert!(
+        broker.logs().contains("SWITCHBOARD_HEALTH_INTERVL_S"),
+        "{}",
+        broker.logs()
+    );
+    let key_file = tmp.path().join("admin_key");
+    let key = std::fs::read_to_string(&key_file)
+        .expect("admin key file")
+        .trim()
+        .to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert!(broker.logs().contains(&key), "printed once on generation");
+    let (status, _) = broker
+        .call("GET", "/admin/stats", &[("x-api-key", &key)], None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    broker.restart();
+    assert!(!broker.logs().contains(&key), "not printed again");
+    let (status, _) = broker
+        .call("GET", "/admin/stats", &[("x-api-key", &key)], None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "same key after restart");
+}
+
+#[actix_rt::test]
+async fn health_reports_backends() {
+    let m = mock();
+    let broker = Broker::start(&[]);
+    broker.register("h", &m.url()).await;
+    let (status, body) = broker.call("GET", "/health", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["backends"]["total"], 1);
+    assert_eq!(body["backends"]["healthy"], 1);
+    assert!(body["version"].is_string() && body["uptime_s"].is_u64());
+}
+
+#[actix_rt::test]
+async fn local_mode_serves_the_demo_models() {
+    let broker = Broker::start(&[("SWITCHBOARD_DEMO", "1")]);
+    let (_, models) = broker.call("GET", "/v1/models", &[], None).await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|m| m["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ids.len() >= 3 && ids.iter().all(|i| i.starts_with("demo-")),
+        "{models}"
+    );
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(chat(ids[0], false)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
