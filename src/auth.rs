@@ -59,6 +59,61 @@ pub fn require_client(headers: &HeaderMap, keys: &[String]) -> Result<(), ApiErr
     }
 }
 
+/// The UI's HTTP Basic credentials; `None` password means pages and sessions are open.
+#[derive(Debug, Clone, Default)]
+pub struct UiCredentials {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+/// Whether a request may use pages, `/ws` and `/api/sessions/*`.
+pub fn ui_allowed(headers: &HeaderMap, creds: &UiCredentials) -> bool {
+    let Some(password) = creds.password.as_deref().filter(|p| !p.is_empty()) else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, b64)| base64_decode(b64.trim()))
+    else {
+        return false;
+    };
+    let expected = format!("{}:{password}", creds.user);
+    constant_time_eq(&given, expected.as_bytes())
+}
+
+/// Standard base64 (with or without padding); `None` on any invalid character.
+pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = input.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let n = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +148,30 @@ mod tests {
             require_admin(&headers(&[]), "k").map_err(|e| e.status.as_u16()),
             Err(403)
         );
+    }
+
+    #[test]
+    fn basic_auth_for_the_ui() {
+        assert_eq!(
+            base64_decode("YWRtaW46c2VjcmV0").as_deref(),
+            Some(&b"admin:secret"[..])
+        );
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("!!"), None);
+        let creds = UiCredentials {
+            user: "admin".into(),
+            password: Some("secret".into()),
+        };
+        assert!(ui_allowed(
+            &headers(&[("authorization", "Basic YWRtaW46c2VjcmV0")]),
+            &creds
+        ));
+        assert!(!ui_allowed(
+            &headers(&[("authorization", "Basic YWRtaW46b29wcw==")]),
+            &creds
+        ));
+        assert!(!ui_allowed(&headers(&[]), &creds));
+        assert!(ui_allowed(&headers(&[]), &UiCredentials::default()));
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Bytes queued for one session connection before it counts as a slow consumer (4009).
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_limit_bytes: usize,
     /// Seconds streams get to finish on shutdown before they are cancelled.
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_S", default_value_t = 10)]
     pub drain_timeout_s: u64,
@@ -150,6 +153,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SWITCHBOARD_MAX_RETRIES",
     "SWITCHBOARD_MAX_BODY_BYTES",
     "SWITCHBOARD_DRAIN_TIMEOUT_S",
+    "SWITCHBOARD_OUTBOUND_LIMIT_BYTES",
     "SWITCHBOARD_WORKERS",
     "SWITCHBOARD_PUSH_CALLBACK_URL",
     "SWITCHBOARD_PUSH_SECRET",
@@ -234,6 +238,12 @@ impl Config {
             return Err(invalid(
                 "SWITCHBOARD_MAX_BODY_BYTES",
                 "must be at least 1024",
+            ));
+        }
+        if self.outbound_limit_bytes < 4096 {
+            return Err(invalid(
+                "SWITCHBOARD_OUTBOUND_LIMIT_BYTES",
+                "must be at least 4096",
             ));
         }
         if self.workers == Some(0) {

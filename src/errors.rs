@@ -18,6 +18,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// Send `WWW-Authenticate: Basic` (401 on UI routes).
+    pub basic_realm: bool,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             code,
             param: None,
             retry_after: None,
+            basic_realm: false,
         }
     }
 
@@ -106,6 +109,52 @@ impl ApiError {
         )
     }
 
+    /// Any status with an explicit `code` (session commands).
+    pub fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        Self::new(status, kind, Some(code), message)
+    }
+
+    /// Replaces the `code`.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// Adds `WWW-Authenticate: Basic` so browsers prompt for the UI credentials.
+    pub fn basic_challenge(mut self) -> Self {
+        self.basic_realm = true;
+        self
+    }
+
+    /// 503 for a server at capacity or draining.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("unavailable"),
+            message,
+        );
+        e.retry_after = Some(5);
+        e
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("rate_limited"),
+            message,
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 503 when no healthy backend serves the model.
     pub fn no_healthy_backend(model: &str) -> Self {
         let mut e = Self::new(
@@ -159,6 +208,12 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status);
         if let Some(s) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, s.to_string()));
+        }
+        if self.basic_realm {
+            resp.insert_header((
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"switchboard\", charset=\"UTF-8\"",
+            ));
         }
         resp.json(self.body())
     }

@@ -26,8 +26,11 @@ use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use clap::Parser;
 use switchboard_actors::backend::HealthPolicy;
+use switchboard_actors::model_stream::StreamSettings;
 use switchboard_actors::registry::Registry;
 use switchboard_actors::routing::RoutingTable;
+use switchboard_actors::session::SessionSettings;
+use switchboard_actors::sessions::Sessions;
 use switchboard_actors::supervisor::{Flush, HealthSupervisor, SupervisorConfig};
 use switchboard_actors::upstream::{build_client, UpstreamConfig};
 
@@ -98,7 +101,24 @@ async fn run(config: Config) -> Result<(), String> {
         first_byte_timeout: Config::secs(config.first_byte_timeout_s),
         allow_private: config.private_backends_allowed(),
     };
+    switchboard_actors::upstream::install(upstream.clone());
     let table = Arc::new(RoutingTable::default());
+    let sessions = Sessions::new(
+        Arc::clone(&table),
+        SessionSettings {
+            event_buffer: config.event_buffer,
+            disconnect_grace: Duration::from_secs(config.disconnect_grace_s),
+            ttl: Duration::from_secs(config.session_ttl_s),
+            streams: StreamSettings {
+                first_byte: Config::secs(config.first_byte_timeout_s),
+                idle: Config::secs(config.idle_timeout_s),
+                total: Config::secs(config.total_timeout_s),
+                max_retries: config.max_retries,
+            },
+        },
+        config.max_sessions,
+        config.max_connections_per_ip,
+    );
     let supervisor = HealthSupervisor::new(
         registry,
         Arc::clone(&table),
@@ -135,6 +155,13 @@ async fn run(config: Config) -> Result<(), String> {
             keepalive: Config::secs(config.keepalive_s),
         },
         client_keys: config.client_keys(),
+        sessions: Arc::clone(&sessions),
+        ui_credentials: auth::UiCredentials {
+            user: config.ui_user.clone(),
+            password: config.ui_password.clone(),
+        },
+        trust_proxy: config.trust_proxy,
+        outbound_limit: config.outbound_limit_bytes,
         table,
         supervisor: supervisor.clone(),
         admin_key,
@@ -153,6 +180,9 @@ async fn run(config: Config) -> Result<(), String> {
     // A client that closes its side mid-request is gone: stop its handler (and with it the
     // upstream request) instead of waiting to write to a closed socket.
     .h1_allow_half_closed(false)
+    // Stream chunks are small writes; without this, Nagle holds each one back until the
+    // client's delayed ACK (~40 ms) on reused connections.
+    .tcp_nodelay(true)
     .shutdown_timeout(config.drain_timeout_s);
     if let Some(n) = config.workers {
         server = server.workers(n);

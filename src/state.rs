@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use actix::Addr;
 use switchboard_actors::routing::RoutingTable;
+use switchboard_actors::sessions::Sessions;
 use switchboard_actors::supervisor::HealthSupervisor;
+
+use crate::auth::UiCredentials;
 
 use crate::http::openai::ProxySettings;
 
@@ -15,7 +18,14 @@ pub struct AppState {
     pub table: Arc<RoutingTable>,
     /// Owner of the backend actors; admin mutations go through it.
     pub supervisor: Addr<HealthSupervisor>,
+    /// Live thread sessions (shared by both session transports).
+    pub sessions: Arc<Sessions>,
     pub admin_key: String,
+    pub ui_credentials: UiCredentials,
+    /// Per-connection outbound queue bound (slow consumers are closed with 4009 past it).
+    pub outbound_limit: usize,
+    /// Take client IPs from `X-Forwarded-For` (behind a trusted proxy).
+    pub trust_proxy: bool,
     pub client_keys: Vec<String>,
     pub proxy: ProxySettings,
     pub started: Instant,

@@ -10,11 +10,25 @@
 //! - [`backend`]: one actor per server: its health checks, failure policy and record.
 //! - [`supervisor`]: owns the backend actors; register/update/delete; rebuilds routing.
 //! - [`sse`]: the incremental Server-Sent-Events parser for upstream streams.
+//! - [`openai_stream`]: OpenAI chunk stream → text, tool calls, usage (both tool-call styles).
+//! - [`events`]: the session wire format shared by the WebSocket and SSE transports.
+//! - [`buffer`]: the per-session resume buffer (bounded in events and bytes).
+//! - [`history`]: per-model conversation history, trimmed by turns and tokens.
+//! - [`model_stream`]: one actor per model per turn; stopping it cancels the upstream.
+//! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
+//! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
 
 pub mod backend;
+pub mod buffer;
+pub mod events;
+pub mod history;
+pub mod model_stream;
+pub mod openai_stream;
 pub mod record;
 pub mod registry;
 pub mod routing;
+pub mod session;
+pub mod sessions;
 pub mod sse;
 pub mod supervisor;
 pub mod upstream;

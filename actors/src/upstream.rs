@@ -4,8 +4,10 @@
 //! for the actor arbiter), each with its own keep-alive pool, reused across requests. The
 //! connector's resolver enforces the URL policy at connect time.
 
+use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use actix_tls::connect::{Resolve, Resolver};
@@ -71,6 +73,34 @@ pub fn build_client(cfg: &UpstreamConfig) -> awc::Client {
         .disable_redirects()
         .no_default_headers()
         .finish()
+}
+
+static INSTALLED: OnceLock<UpstreamConfig> = OnceLock::new();
+
+thread_local! {
+    /// This thread's client, built on first use from the installed configuration.
+    static CLIENT: RefCell<Option<awc::Client>> = const { RefCell::new(None) };
+}
+
+/// Sets the configuration every thread's client is built from (once, at startup).
+pub fn install(cfg: UpstreamConfig) {
+    let _ = INSTALLED.set(cfg);
+}
+
+/// The calling thread's client (one keep-alive pool per thread, never one per request).
+pub fn thread_client() -> awc::Client {
+    CLIENT.with(|slot| {
+        slot.borrow_mut()
+            .get_or_insert_with(|| {
+                let cfg = INSTALLED.get().cloned().unwrap_or(UpstreamConfig {
+                    connect_timeout: Duration::from_secs(5),
+                    first_byte_timeout: Duration::from_secs(60),
+                    allow_private: false,
+                });
+                build_client(&cfg)
+            })
+            .clone()
+    })
 }
 
 /// A successful probe.

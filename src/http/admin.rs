@@ -284,8 +284,8 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         "healthy": s.healthy,
         "active": s.active,
         "models": s.models,
-        "sessions": 0,
-        "connections": 0,
+        "sessions": state.sessions.count(),
+        "connections": state.sessions.open_connections(),
         "streams_in_flight": s.streams_in_flight,
         "requests_routed": s.requests_routed,
     })))

@@ -4,6 +4,11 @@ pub mod admin;
 pub mod openai;
 pub mod ops;
 pub mod relay;
+pub mod sse;
+pub mod ui;
+pub mod ws;
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -14,10 +19,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     openai::configure(cfg);
     admin::configure(cfg);
     ops::configure(cfg);
+    ui::configure(cfg);
+    ws::configure(cfg);
+    sse::configure(cfg);
 }
 
 /// Unknown routes answer in the same error shape as everything else.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let err = ApiError::not_found(format!("no route for {} {}", req.method(), req.path()));
     actix_web::ResponseError::error_response(&err)
+}
+
+/// The client's IP: the socket peer, or with `trust_proxy` the first `X-Forwarded-For` entry
+/// (falling back to `X-Real-IP`) set by the proxy in front (Railway, nginx).
+pub fn client_ip(req: &HttpRequest, trust_proxy: bool) -> IpAddr {
+    if trust_proxy {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .or_else(|| req.headers().get("x-real-ip").and_then(|v| v.to_str().ok()))
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return ip;
+        }
+    }
+    req.peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }

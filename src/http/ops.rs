@@ -24,6 +24,6 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),
         "backends": {"total": total, "healthy": healthy},
-        "sessions": 0,
+        "sessions": state.sessions.count(),
     }))
 }

@@ -7,4 +7,7 @@ mod gateway;
 mod harness;
 mod health;
 mod persistence;
+mod resume;
+mod sessions;
 mod startup;
+mod wsclient;

@@ -1,0 +1,329 @@
+//! The session wire format: the single source of what WebSocket and SSE clients receive.
+//!
+//! Events are flat JSON objects (`{"id":42,"type":"token","request_id":"r1","model":"m1",
+//! "ts":…,"content":"Hel"}`). Each event is serialised once, when the session produces it, into
+//! an [`Encoded`] that every attached connection and the resume buffer share: fan-out to N
+//! connections never re-serialises.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::now_ms;
+
+/// Token counts of one model's answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// `true` when the backend reported no usage and the broker counted.
+    pub estimated: bool,
+}
+
+/// What one model of a turn looks like right now; the `resync` snapshot and the session state
+/// route are built from these.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModelSnapshot {
+    pub content: String,
+    /// `pending|streaming|done|error|cancelled`.
+    pub state: &'static str,
+    pub metrics: ModelMetrics,
+}
+
+/// Numbers the compare view shows for a model.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModelMetrics {
+    pub backend: Option<String>,
+    pub ttft_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<String>,
+    pub tool_calls: Vec<ToolCallSummary>,
+    pub error: Option<String>,
+}
+
+/// A finished or running tool call, for snapshots.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ToolCallSummary {
+    pub tool_call_id: String,
+    pub name: String,
+    pub arguments: Option<String>,
+    pub ms: Option<u64>,
+}
+
+/// Every server → client event, tagged by `type`. Turn events carry `request_id` and (per
+/// model) `model`; the envelope adds `id` and `ts`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    Session {
+        session_id: String,
+        resumed: bool,
+        last_event_id: u64,
+        models_available: Vec<String>,
+    },
+    Ack {
+        request_id: String,
+        models: Vec<String>,
+    },
+    Start {
+        request_id: String,
+        model: String,
+        backend: String,
+    },
+    Ttft {
+        request_id: String,
+        model: String,
+        ms: u64,
+    },
+    Token {
+        request_id: String,
+        model: String,
+        content: String,
+    },
+    ToolStart {
+        request_id: String,
+        model: String,
+        tool_call_id: String,
+        name: String,
+    },
+    ToolEnd {
+        request_id: String,
+        model: String,
+        tool_call_id: String,
+        name: String,
+        arguments: String,
+        ms: u64,
+    },
+    Done {
+        request_id: String,
+        model: String,
+        ttft_ms: Option<u64>,
+        total_ms: u64,
+        usage: Usage,
+        finish_reason: Option<String>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+    Cancelled {
+        request_id: String,
+        model: String,
+    },
+    Complete {
+        request_id: String,
+    },
+    Resync {
+        request_id: Option<String>,
+        snapshot: BTreeMap<String, ModelSnapshot>,
+    },
+    Heartbeat {},
+    Pong {},
+}
+
+impl EventBody {
+    /// The `type` string (SSE `event:` field).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Session { .. } => "session",
+            Self::Ack { .. } => "ack",
+            Self::Start { .. } => "start",
+            Self::Ttft { .. } => "ttft",
+            Self::Token { .. } => "token",
+            Self::ToolStart { .. } => "tool_start",
+            Self::ToolEnd { .. } => "tool_end",
+            Self::Done { .. } => "done",
+            Self::Error { .. } => "error",
+            Self::Cancelled { .. } => "cancelled",
+            Self::Complete { .. } => "complete",
+            Self::Resync { .. } => "resync",
+            Self::Heartbeat {} => "heartbeat",
+            Self::Pong {} => "pong",
+        }
+    }
+
+    /// An `error` that belongs to no turn (bad client message, busy session).
+    pub fn client_error(
+        request_id: Option<String>,
+        code: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Error {
+            request_id,
+            model: None,
+            code: code.to_string(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(flatten)]
+    body: &'a EventBody,
+    ts: u64,
+}
+
+/// An event serialised once and shared (`Arc`) by the buffer and every connection.
+#[derive(Debug)]
+pub struct Encoded {
+    /// Session-wide position; `None` for events outside the turn stream (session, heartbeat).
+    pub id: Option<u64>,
+    pub kind: &'static str,
+    /// The JSON object, exactly what a WebSocket text frame or SSE `data:` carries.
+    pub json: String,
+    /// `request_id` and `model`, kept for merging tokens of a slow consumer.
+    pub token_of: Option<(String, String)>,
+}
+
+impl Encoded {
+    /// Serialises `body` with its id and the current time.
+    pub fn new(id: Option<u64>, body: &EventBody) -> Arc<Self> {
+        let json = serde_json::to_string(&Envelope {
+            id,
+            body,
+            ts: now_ms(),
+        })
+        .unwrap_or_else(|_| "{\"type\":\"error\",\"code\":\"internal\"}".to_string());
+        let token_of = match body {
+            EventBody::Token {
+                request_id, model, ..
+            } => Some((request_id.clone(), model.clone())),
+            _ => None,
+        };
+        Arc::new(Self {
+            id,
+            kind: body.kind(),
+            json,
+            token_of,
+        })
+    }
+
+    /// Bytes this event costs in a buffer or queue.
+    pub fn cost(&self) -> usize {
+        self.json.len() + 64
+    }
+
+    /// The SSE framing of this event: `id:` (when it has one), `event:`, `data:`.
+    pub fn sse_frame(&self) -> String {
+        let mut out = String::with_capacity(self.json.len() + 40);
+        if let Some(id) = self.id {
+            out.push_str("id: ");
+            out.push_str(&id.to_string());
+            out.push('\n');
+        }
+        out.push_str("event: ");
+        out.push_str(self.kind);
+        out.push_str("\ndata: ");
+        out.push_str(&self.json);
+        out.push_str("\n\n");
+        out
+    }
+}
+
+/// What a client may send (WS text frames; the SSE transport's POST bodies map onto it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Hello {
+        session_id: Option<String>,
+        last_event_id: Option<u64>,
+    },
+    Send(SendTurn),
+    Cancel {
+        request_id: String,
+        model: Option<String>,
+    },
+    Clear {},
+    Ping {},
+}
+
+/// A `send`: one prompt to several models.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SendTurn {
+    pub request_id: String,
+    pub content: String,
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Parses a client frame; the error text is what the `invalid_message` event says.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("a message must be a JSON object with a \"type\"".into());
+    }
+    serde_json::from_value(value).map_err(|e| format!("not a valid message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_flat_objects_with_id_type_and_ts() {
+        let e = Encoded::new(
+            Some(42),
+            &EventBody::Token {
+                request_id: "r1".into(),
+                model: "m1".into(),
+                content: "Hel".into(),
+            },
+        );
+        let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(v["id"], 42);
+        assert_eq!(v["type"], "token");
+        assert_eq!(v["request_id"], "r1");
+        assert_eq!(v["model"], "m1");
+        assert_eq!(v["content"], "Hel");
+        assert!(v["ts"].as_u64().unwrap() > 1_700_000_000_000);
+        assert_eq!(
+            e.sse_frame(),
+            format!("id: 42\nevent: token\ndata: {}\n\n", e.json)
+        );
+    }
+
+    #[test]
+    fn events_without_id_have_no_id_field() {
+        let e = Encoded::new(None, &EventBody::Heartbeat {});
+        assert!(!e.json.contains("\"id\""));
+        assert!(e.sse_frame().starts_with("event: heartbeat\n"));
+    }
+
+    #[test]
+    fn client_messages_parse_or_explain() {
+        assert!(matches!(
+            parse_client_message(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping {})
+        ));
+        assert!(matches!(
+            parse_client_message(r#"{"type":"hello","session_id":"s","last_event_id":3}"#),
+            Ok(ClientMessage::Hello {
+                last_event_id: Some(3),
+                ..
+            })
+        ));
+        let send = r#"{"type":"send","request_id":"r","content":"hi","models":["a","b"],"params":{"temperature":0}}"#;
+        assert!(matches!(
+            parse_client_message(send),
+            Ok(ClientMessage::Send(_))
+        ));
+        assert!(parse_client_message("nope").is_err());
+        assert!(parse_client_message(r#"{"type":"dance"}"#).is_err());
+        assert!(parse_client_message(r#"{"type":"send","request_id":"r"}"#).is_err());
+        assert!(parse_client_message("[1]").is_err());
+    }
+}

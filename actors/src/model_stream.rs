@@ -1,0 +1,425 @@
+//! The `ModelStream` actor: one model's answer for one turn of a session.
+//!
+//! It routes the request (with failover until the first token), streams the upstream SSE body
+//! through the parser and the chunk interpreter, and reports typed events to its session.
+//! Cancellation is this actor stopping: the streaming future is owned by the actor's context,
+//! so stopping drops it, and with it the upstream response, whose connection awc then closes
+//! (never pooled) so the backend stops generating.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::events::{EventBody, Usage};
+use crate::history::{estimate_tokens, Message};
+use crate::openai_stream::{ChunkInterpreter, Output};
+use crate::record::now_ms;
+use crate::routing::{RouteError, RoutingTable};
+use crate::sse::SseParser;
+use crate::upstream;
+
+/// Why a stream (or a session) stopped; logged once, where the stop is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Completed,
+    Cancelled,
+    ClientGone,
+    UpstreamError,
+    UpstreamTimeout,
+    SessionExpired,
+    Shutdown,
+}
+
+/// Timeouts and retries of model streams, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+    pub max_retries: usize,
+}
+
+/// Everything one stream needs to run.
+pub struct StreamSpec {
+    pub request_id: String,
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub params: Map<String, Value>,
+    /// When the turn started: `ttft` and `total_ms` are measured from here.
+    pub turn_started: Instant,
+    pub table: Arc<RoutingTable>,
+    pub settings: StreamSettings,
+}
+
+/// An event of one model, for the session to number, buffer and fan out.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StreamEvent {
+    pub model: String,
+    pub body: EventBody,
+}
+
+/// Stop this stream (cancel, grace expiry, session end, shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopStream(pub StopReason);
+
+/// See the module docs. Started by its session, on the session's arbiter.
+pub struct ModelStream {
+    /// Taken by `started`, which moves it into the streaming future.
+    spec: Option<StreamSpec>,
+    label: String,
+    /// Where events go: the owning session.
+    session: Recipient<StreamEvent>,
+}
+
+impl ModelStream {
+    /// A stream for `spec` reporting to `session`.
+    pub fn new(spec: StreamSpec, session: Recipient<StreamEvent>) -> Self {
+        let label = format!("request_id={} model={}", spec.request_id, spec.model);
+        Self {
+            spec: Some(spec),
+            label,
+            session,
+        }
+    }
+}
+
+impl Actor for ModelStream {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(spec) = self.spec.take() else {
+            ctx.stop();
+            return;
+        };
+        let session = self.session.clone();
+        ctx.spawn(run(spec, session).into_actor(self).map(|reason, act, ctx| {
+            log::info!("{} stream stopped: {reason:?}", act.label);
+            ctx.stop();
+        }));
+    }
+}
+
+impl Handler<StopStream> for ModelStream {
+    type Result = ();
+
+    fn handle(&mut self, StopStream(reason): StopStream, ctx: &mut Self::Context) {
+        log::info!("{} stream stopped: {reason:?}", self.label);
+        ctx.stop();
+    }
+}
+
+/// Emits events for one model of one turn.
+struct Emitter {
+    request_id: String,
+    model: String,
+    session: Recipient<StreamEvent>,
+}
+
+impl Emitter {
+    fn send(&self, body: EventBody) {
+        self.session.do_send(StreamEvent {
+            model: self.model.clone(),
+            body,
+        });
+    }
+
+    fn error(&self, code: &str, message: String, retryable: bool) {
+        self.send(EventBody::Error {
+            request_id: Some(self.request_id.clone()),
+            model: Some(self.model.clone()),
+            code: code.to_string(),
+            message,
+            retryable,
+        });
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// The stream finished (done event sent) or failed after output (error sent).
+    Finished(StopReason),
+    /// Failed before any output: try the next backend.
+    Retry(String),
+}
+
+async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
+    let out = Emitter {
+        request_id: spec.request_id.clone(),
+        model: spec.model.clone(),
+        session,
+    };
+    let candidates = match spec
+        .table
+        .candidates(&spec.model, 1 + spec.settings.max_retries)
+    {
+        Ok(c) => c,
+        Err(RouteError::UnknownModel) => {
+            out.error(
+                "model_not_found",
+                format!("no backend is registered for model `{}`", spec.model),
+                false,
+            );
+            return StopReason::UpstreamError;
+        }
+        Err(RouteError::NoHealthyBackend) => {
+            out.error(
+                "no_healthy_backend",
+                format!("no healthy backend for model `{}`", spec.model),
+                true,
+            );
+            return StopReason::UpstreamError;
+        }
+    };
+    let body = Bytes::from(request_body(&spec).to_string());
+    let client = upstream::thread_client();
+    let deadline = spec.turn_started + spec.settings.total;
+    let mut last_error = String::new();
+    for backend in candidates {
+        let _guard = backend.start_request();
+        let mut req = client
+            .post(format!("{}/v1/chat/completions", backend.base_url))
+            .timeout(spec.settings.first_byte)
+            .insert_header(("content-type", "application/json"))
+            .insert_header(("accept", "text/event-stream"))
+            .insert_header(("x-request-id", spec.request_id.as_str()));
+        if let Some(auth) = &backend.auth_header {
+            req = req.insert_header(("authorization", auth.as_str()));
+        }
+        let resp = match req.send_body(body.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                last_error = format!("request failed: {e}");
+                backend.report_failure(last_error.clone());
+                continue;
+            }
+        };
+        let status = resp.status();
+        if status.is_server_error() {
+            last_error = format!("backend answered HTTP {}", status.as_u16());
+            backend.report_failure(last_error.clone());
+            continue;
+        }
+        if !status.is_success() {
+            out.error(
+                "upstream_rejected",
+                format!("backend answered HTTP {}", status.as_u16()),
+                false,
+            );
+            return StopReason::UpstreamError;
+        }
+        out.send(EventBody::Start {
+            request_id: spec.request_id.clone(),
+            model: spec.model.clone(),
+            backend: backend.id.to_string(),
+        });
+        match stream_body(resp, &spec, &out, deadline).await {
+            Attempt::Finished(reason) => {
+                if reason == StopReason::UpstreamError || reason == StopReason::UpstreamTimeout {
+                    backend.report_failure("stream failed after output".into());
+                }
+                return reason;
+            }
+            Attempt::Retry(reason) => {
+                backend.report_failure(reason.clone());
+                last_error = reason;
+            }
+        }
+    }
+    out.error(
+        "upstream_failed",
+        format!("every backend attempt failed; last error: {last_error}"),
+        true,
+    );
+    StopReason::UpstreamError
+}
+
+/// The upstream request: the model's messages, the turn's parameters, streaming with usage.
+fn request_body(spec: &StreamSpec) -> Value {
+    let mut body = Map::new();
+    for (k, v) in &spec.params {
+        if !matches!(
+            k.as_str(),
+            "model" | "messages" | "stream" | "stream_options"
+        ) {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+    body.insert("model".into(), json!(spec.model));
+    body.insert("messages".into(), json!(spec.messages));
+    body.insert("stream".into(), json!(true));
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    Value::Object(body)
+}
+
+async fn stream_body<S>(mut resp: S, spec: &StreamSpec, out: &Emitter, deadline: Instant) -> Attempt
+where
+    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let mut parser = SseParser::new();
+    let mut interp = ChunkInterpreter::default();
+    let (mut events, mut outputs) = (Vec::new(), Vec::new());
+    let mut ttft_ms: Option<u64> = None;
+    let mut produced = false;
+    loop {
+        let idle_until = (Instant::now() + spec.settings.idle).min(deadline);
+        let next = tokio::time::timeout_at(idle_until, resp.next()).await;
+        let chunk = match next {
+            Err(_) => {
+                return fail(
+                    out,
+                    produced,
+                    "timeout",
+                    "the backend stopped sending (timeout)".into(),
+                    StopReason::UpstreamTimeout,
+                )
+            }
+            Ok(None) => {
+                parser.finish(&mut events);
+                if events.is_empty() {
+                    return fail(
+                        out,
+                        produced,
+                        "upstream_error",
+                        "stream ended without data: [DONE] (connection lost)".into(),
+                        StopReason::UpstreamError,
+                    );
+                }
+                Bytes::new()
+            }
+            Ok(Some(Err(e))) => {
+                return fail(
+                    out,
+                    produced,
+                    "upstream_error",
+                    format!("stream failed: {e}"),
+                    StopReason::UpstreamError,
+                )
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if !chunk.is_empty() && parser.feed(&chunk, &mut events).is_err() {
+            return fail(
+                out,
+                produced,
+                "upstream_error",
+                "malformed stream: line too long".into(),
+                StopReason::UpstreamError,
+            );
+        }
+        for ev in events.drain(..) {
+            interp.feed(&ev.data, now_ms(), &mut outputs);
+        }
+        for o in outputs.drain(..) {
+            match o {
+                Output::Content(_) | Output::ToolStart { .. } if ttft_ms.is_none() => {
+                    let ms = spec.turn_started.elapsed().as_millis() as u64;
+                    ttft_ms = Some(ms);
+                    out.send(EventBody::Ttft {
+                        request_id: spec.request_id.clone(),
+                        model: spec.model.clone(),
+                        ms,
+                    });
+                    emit_output(o, spec, out);
+                }
+                Output::Done => {
+                    let usage = interp
+                        .usage
+                        .unwrap_or_else(|| estimate_usage(spec, interp.deltas));
+                    out.send(EventBody::Done {
+                        request_id: spec.request_id.clone(),
+                        model: spec.model.clone(),
+                        ttft_ms,
+                        total_ms: spec.turn_started.elapsed().as_millis() as u64,
+                        usage,
+                        finish_reason: interp.finish_reason.clone(),
+                    });
+                    return Attempt::Finished(StopReason::Completed);
+                }
+                Output::UpstreamError(message) => {
+                    return fail(
+                        out,
+                        produced,
+                        "upstream_error",
+                        message,
+                        StopReason::UpstreamError,
+                    )
+                }
+                other => emit_output(other, spec, out),
+            }
+            produced = true;
+        }
+        if chunk.is_empty() {
+            // The body ended after a final event without `[DONE]`.
+            return fail(
+                out,
+                produced,
+                "upstream_error",
+                "stream ended without data: [DONE] (connection lost)".into(),
+                StopReason::UpstreamError,
+            );
+        }
+    }
+}
+
+fn emit_output(o: Output, spec: &StreamSpec, out: &Emitter) {
+    let (request_id, model) = (spec.request_id.clone(), spec.model.clone());
+    let body = match o {
+        Output::Content(content) => EventBody::Token {
+            request_id,
+            model,
+            content,
+        },
+        Output::ToolStart { id, name } => EventBody::ToolStart {
+            request_id,
+            model,
+            tool_call_id: id,
+            name,
+        },
+        Output::ToolEnd {
+            id,
+            name,
+            arguments,
+            ms,
+        } => EventBody::ToolEnd {
+            request_id,
+            model,
+            tool_call_id: id,
+            name,
+            arguments,
+            ms,
+        },
+        Output::Done | Output::UpstreamError(_) => return,
+    };
+    out.send(body);
+}
+
+/// Failure before any output is retried on the next backend; after output it ends the model.
+fn fail(out: &Emitter, produced: bool, code: &str, message: String, reason: StopReason) -> Attempt {
+    if produced {
+        out.error(code, message, true);
+        Attempt::Finished(reason)
+    } else {
+        Attempt::Retry(message)
+    }
+}
+
+fn estimate_usage(spec: &StreamSpec, deltas: u64) -> Usage {
+    let prompt: usize = spec
+        .messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content))
+        .sum();
+    Usage {
+        prompt_tokens: prompt as u64,
+        completion_tokens: deltas,
+        total_tokens: prompt as u64 + deltas,
+        estimated: true,
+    }
+}

@@ -1,0 +1,670 @@
+//! The `Session` actor: one conversation thread.
+//!
+//! It owns the per-model history, the in-flight turn (one `ModelStream` per model), the resume
+//! buffer and the attached connections. It is the only place event ids are assigned: every turn
+//! event is numbered, buffered and fanned out here, in one order, so every connection and every
+//! resume sees the same sequence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::buffer::{EventBuffer, Replay, MAX_BUFFER_BYTES};
+use crate::events::{Encoded, EventBody, ModelMetrics, ModelSnapshot, SendTurn, ToolCallSummary};
+use crate::history::History;
+use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, StreamSpec};
+use crate::record::now_ms;
+use crate::sessions::Sessions;
+
+/// Most models one turn may address (SPEC §4.1).
+pub const MAX_MODELS_PER_TURN: usize = 8;
+/// Longest prompt accepted, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 512 * 1024;
+
+/// A client connection as the session sees it. Implemented by each transport (WebSocket actor,
+/// SSE stream), so the session knows nothing of HTTP.
+pub trait ConnectionSink: Send {
+    /// Queues an event for the client; `false` means the connection is gone (detach it).
+    fn deliver(&self, event: Arc<Encoded>) -> bool;
+    /// Ends the connection with a close code (WebSocket) or by ending the stream (SSE).
+    fn close(&self, code: u16, reason: &str);
+}
+
+/// Why a command was refused; `code` is the `error` event's code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CommandError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    Streaming,
+    Done,
+    Error,
+    Cancelled,
+}
+
+impl RunState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Streaming => "streaming",
+            Self::Done => "done",
+            Self::Error => "error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+struct ModelRun {
+    state: RunState,
+    content: String,
+    metrics: ModelMetrics,
+    /// The running stream; `None` once the model ended. Stopping it cancels the upstream.
+    stream: Option<Addr<ModelStream>>,
+}
+
+struct Turn {
+    request_id: String,
+    prompt: String,
+    models: Vec<String>,
+    runs: HashMap<String, ModelRun>,
+    started_ms: u64,
+}
+
+impl Turn {
+    fn running(&self) -> impl Iterator<Item = &String> {
+        self.models.iter().filter(|m| {
+            self.runs
+                .get(*m)
+                .is_some_and(|r| r.state == RunState::Streaming)
+        })
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, ModelSnapshot> {
+        self.runs
+            .iter()
+            .map(|(m, r)| {
+                let snap = ModelSnapshot {
+                    content: r.content.clone(),
+                    state: r.state.as_str(),
+                    metrics: r.metrics.clone(),
+                };
+                (m.clone(), snap)
+            })
+            .collect()
+    }
+}
+
+/// Session settings, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub event_buffer: usize,
+    pub disconnect_grace: Duration,
+    pub ttl: Duration,
+    pub streams: crate::model_stream::StreamSettings,
+}
+
+/// See the module docs. Created by [`Sessions`], on the arbiter of the request that made it.
+pub struct Session {
+    id: String,
+    registry: Arc<Sessions>,
+    settings: SessionSettings,
+    buffer: EventBuffer,
+    /// The id the next turn event gets; ids start at 1.
+    next_id: u64,
+    connections: HashMap<u64, Box<dyn ConnectionSink>>,
+    history: History,
+    turn: Option<Turn>,
+    /// The last finished turn, for `resync` snapshots and the state route.
+    last_turn: Option<Turn>,
+    /// Running while a turn continues with no connection attached; its expiry cancels the turn.
+    grace: Option<SpawnHandle>,
+    last_active: Instant,
+    created_at: u64,
+}
+
+impl Session {
+    /// A new, empty session registered in `registry` under `id`.
+    pub fn new(id: String, registry: Arc<Sessions>, settings: SessionSettings) -> Self {
+        Self {
+            id,
+            registry,
+            buffer: EventBuffer::new(settings.event_buffer, MAX_BUFFER_BYTES),
+            settings,
+            next_id: 1,
+            connections: HashMap::new(),
+            history: History::default(),
+            turn: None,
+            last_turn: None,
+            grace: None,
+            last_active: Instant::now(),
+            created_at: now_ms(),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_active = Instant::now();
+        self.registry.touch(&self.id, self.connections.len());
+    }
+
+    /// Numbers, buffers and fans out one turn event.
+    fn emit(&mut self, body: EventBody) {
+        let event = Encoded::new(Some(self.next_id), &body);
+        self.next_id += 1;
+        self.buffer.push(Arc::clone(&event));
+        self.broadcast(&event);
+    }
+
+    fn broadcast(&mut self, event: &Arc<Encoded>) {
+        let gone: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, sink)| !sink.deliver(Arc::clone(event)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.connections.remove(&id);
+        }
+    }
+
+    fn last_event_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    fn start_turn(&mut self, send: SendTurn, ctx: &mut Context<Self>) -> Result<(), CommandError> {
+        if self.turn.is_some() {
+            return Err(CommandError::new(
+                "busy",
+                "a turn is already in flight; cancel it or wait for `complete`",
+            ));
+        }
+        validate_send(&send)?;
+        let mut models: Vec<String> = Vec::new();
+        for m in &send.models {
+            if !models.contains(m) {
+                models.push(m.clone());
+            }
+        }
+        let turn_started = Instant::now();
+        let mut runs = HashMap::new();
+        self.emit(EventBody::Ack {
+            request_id: send.request_id.clone(),
+            models: models.clone(),
+        });
+        for model in &models {
+            let spec = StreamSpec {
+                request_id: send.request_id.clone(),
+                model: model.clone(),
+                messages: self.history.messages_for(model, &send.content),
+                params: send.params.clone().unwrap_or_default(),
+                turn_started,
+                table: self.registry.table(),
+                settings: self.settings.streams,
+            };
+            let stream = ModelStream::new(spec, ctx.address().recipient()).start();
+            runs.insert(
+                model.clone(),
+                ModelRun {
+                    state: RunState::Streaming,
+                    content: String::new(),
+                    metrics: ModelMetrics::default(),
+                    stream: Some(stream),
+                },
+            );
+        }
+        log::info!(
+            "session_id={} request_id={} turn started: {}",
+            self.id,
+            send.request_id,
+            models.join(", ")
+        );
+        self.turn = Some(Turn {
+            request_id: send.request_id,
+            prompt: send.content,
+            models,
+            runs,
+            started_ms: now_ms(),
+        });
+        if self.connections.is_empty() {
+            self.arm_grace(ctx);
+        }
+        Ok(())
+    }
+
+    /// Stops the named (or every) running model of the turn with a `cancelled` event each.
+    fn cancel(&mut self, model: Option<&str>, reason: StopReason) {
+        let Some(turn) = &mut self.turn else { return };
+        let targets: Vec<String> = turn
+            .running()
+            .filter(|m| model.is_none_or(|x| x == m.as_str()))
+            .cloned()
+            .collect();
+        let request_id = turn.request_id.clone();
+        for m in &targets {
+            if let Some(run) = turn.runs.get_mut(m) {
+                run.state = RunState::Cancelled;
+                if let Some(stream) = run.stream.take() {
+                    stream.do_send(StopStream(reason));
+                }
+            }
+        }
+        for m in targets {
+            self.emit(EventBody::Cancelled {
+                request_id: request_id.clone(),
+                model: m,
+            });
+        }
+        self.finish_if_complete();
+    }
+
+    /// When every model has ended: `complete`, history appended, the turn retired.
+    fn finish_if_complete(&mut self) {
+        let Some(turn) = &self.turn else { return };
+        if turn.running().next().is_some() {
+            return;
+        }
+        let request_id = turn.request_id.clone();
+        self.emit(EventBody::Complete {
+            request_id: request_id.clone(),
+        });
+        if let Some(turn) = self.turn.take() {
+            for m in &turn.models {
+                if let Some(run) = turn.runs.get(m) {
+                    // A failed model with no text adds nothing; a cancelled one keeps its part.
+                    if run.state != RunState::Error || !run.content.is_empty() {
+                        self.history.append(m, &turn.prompt, &run.content);
+                    }
+                }
+            }
+            log::info!(
+                "session_id={} request_id={request_id} turn complete",
+                self.id
+            );
+            self.last_turn = Some(turn);
+        }
+        self.touch();
+    }
+
+    fn arm_grace(&mut self, ctx: &mut Context<Self>) {
+        if self.grace.is_some() || self.turn.is_none() {
+            return;
+        }
+        if self.settings.disconnect_grace.is_zero() {
+            log::info!(
+                "session_id={} last connection gone; cancelling the turn at once",
+                self.id
+            );
+            self.cancel(None, StopReason::ClientGone);
+            return;
+        }
+        self.grace = Some(ctx.run_later(self.settings.disconnect_grace, |act, _| {
+            act.grace = None;
+            if act.connections.is_empty() && act.turn.is_some() {
+                log::info!(
+                    "session_id={} disconnect grace expired; cancelling the turn",
+                    act.id
+                );
+                act.cancel(None, StopReason::ClientGone);
+            }
+        }));
+    }
+
+    fn state(&self) -> SessionState {
+        let turn = self.turn.as_ref().or(self.last_turn.as_ref());
+        SessionState {
+            session_id: self.id.clone(),
+            created_at: self.created_at,
+            last_event_id: self.last_event_id(),
+            connections: self.connections.len(),
+            busy: self.turn.is_some(),
+            buffered_events: self.buffer.len(),
+            history: self.history.summary().into_iter().collect(),
+            turn: turn.map(|t| TurnState {
+                request_id: t.request_id.clone(),
+                models: t.models.clone(),
+                started_at: t.started_ms,
+                snapshot: t.snapshot(),
+            }),
+        }
+    }
+}
+
+fn validate_send(send: &SendTurn) -> Result<(), CommandError> {
+    let invalid = |m: &str| Err(CommandError::new("invalid_message", m));
+    if send.request_id.trim().is_empty() || send.request_id.len() > 200 {
+        return invalid("`request_id` must be a non-empty string of at most 200 characters");
+    }
+    if send.content.trim().is_empty() {
+        return invalid("`content` must not be empty");
+    }
+    if send.content.len() > MAX_PROMPT_BYTES {
+        return invalid("`content` is too long");
+    }
+    if send.models.is_empty() || send.models.len() > MAX_MODELS_PER_TURN {
+        return invalid("`models` must name 1 to 8 models");
+    }
+    if send
+        .models
+        .iter()
+        .any(|m| m.trim().is_empty() || m.len() > 256)
+    {
+        return invalid("every model must be a non-empty name");
+    }
+    Ok(())
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let tick =
+            (self.settings.ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        ctx.run_interval(tick, |act, ctx| {
+            let idle = act.last_active.elapsed();
+            if act.connections.is_empty() && act.turn.is_none() && idle >= act.settings.ttl {
+                log::info!(
+                    "session_id={} expired after {} s idle",
+                    act.id,
+                    idle.as_secs()
+                );
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if let Some(turn) = &mut self.turn {
+            for run in turn.runs.values_mut() {
+                if let Some(stream) = run.stream.take() {
+                    stream.do_send(StopStream(StopReason::SessionExpired));
+                }
+            }
+        }
+        for sink in self.connections.values() {
+            sink.close(4001, "session ended");
+        }
+        self.connections.clear();
+        self.registry.remove(&self.id);
+        Running::Stop
+    }
+}
+
+// === messages ===
+
+/// Attach a connection. The session sends it `session`, then the replay (or `resync`), then
+/// live events, in that order, through the sink.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    pub conn_id: u64,
+    pub sink: Box<dyn ConnectionSink>,
+    /// `Some` when the client is resuming (hello with this session's id).
+    pub last_event_id: Option<u64>,
+    pub resumed: bool,
+    pub models_available: Vec<String>,
+}
+
+impl Handler<Attach> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) {
+        if let Some(h) = self.grace.take() {
+            ctx.cancel_future(h);
+        }
+        let session = Encoded::new(
+            None,
+            &EventBody::Session {
+                session_id: self.id.clone(),
+                resumed: msg.resumed,
+                last_event_id: self.last_event_id(),
+                models_available: msg.models_available,
+            },
+        );
+        if !msg.sink.deliver(session) {
+            return;
+        }
+        let after = msg.last_event_id.unwrap_or(0);
+        match self.buffer.since(after) {
+            Replay::Events(events) => {
+                self.registry.count_replay(events.len());
+                for e in events {
+                    if !msg.sink.deliver(e) {
+                        return;
+                    }
+                }
+            }
+            Replay::TooOld => {
+                let turn = self.turn.as_ref().or(self.last_turn.as_ref());
+                let resync = EventBody::Resync {
+                    request_id: turn.map(|t| t.request_id.clone()),
+                    snapshot: turn.map(Turn::snapshot).unwrap_or_default(),
+                };
+                if !msg.sink.deliver(Encoded::new(None, &resync)) {
+                    return;
+                }
+            }
+        }
+        log::info!(
+            "session_id={} connection_id={} attached (resumed={}, from id {after}, last id {})",
+            self.id,
+            msg.conn_id,
+            msg.resumed,
+            self.last_event_id()
+        );
+        self.connections.insert(msg.conn_id, msg.sink);
+        self.touch();
+    }
+}
+
+/// A connection went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub conn_id: u64,
+}
+
+impl Handler<Detach> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, ctx: &mut Self::Context) {
+        if self.connections.remove(&msg.conn_id).is_some() {
+            log::info!(
+                "session_id={} connection_id={} detached",
+                self.id,
+                msg.conn_id
+            );
+        }
+        self.touch();
+        if self.connections.is_empty() {
+            self.arm_grace(ctx);
+        }
+    }
+}
+
+/// A client command (`send`, `cancel`, `clear`), from any transport.
+#[derive(Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub enum Command {
+    Send(SendTurn),
+    Cancel {
+        request_id: String,
+        model: Option<String>,
+    },
+    Clear,
+}
+
+impl Handler<Command> for Session {
+    type Result = Result<(), CommandError>;
+
+    fn handle(&mut self, cmd: Command, ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        match cmd {
+            Command::Send(send) => self.start_turn(send, ctx),
+            Command::Cancel { request_id, model } => {
+                let current = self.turn.as_ref().map(|t| t.request_id.clone());
+                if current.as_deref() != Some(request_id.as_str()) {
+                    return Err(CommandError::new(
+                        "not_found",
+                        format!("no turn `{request_id}` is in flight"),
+                    ));
+                }
+                log::info!(
+                    "session_id={} request_id={request_id} cancel {}",
+                    self.id,
+                    model.as_deref().unwrap_or("all models")
+                );
+                self.cancel(model.as_deref(), StopReason::Cancelled);
+                Ok(())
+            }
+            Command::Clear => {
+                self.cancel(None, StopReason::Cancelled);
+                self.history.clear();
+                self.last_turn = None;
+                log::info!("session_id={} cleared", self.id);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Handler<StreamEvent> for Session {
+    type Result = ();
+
+    fn handle(&mut self, ev: StreamEvent, _: &mut Self::Context) {
+        let Some(turn) = &mut self.turn else { return };
+        let Some(run) = turn.runs.get_mut(&ev.model) else {
+            return;
+        };
+        if run.state != RunState::Streaming {
+            return; // a stream stopped by cancel may still have events in flight
+        }
+        let mut ended = false;
+        match &ev.body {
+            EventBody::Start { backend, .. } => run.metrics.backend = Some(backend.clone()),
+            EventBody::Ttft { ms, .. } => run.metrics.ttft_ms = Some(*ms),
+            EventBody::Token { content, .. } => run.content.push_str(content),
+            EventBody::ToolStart {
+                tool_call_id, name, ..
+            } => run.metrics.tool_calls.push(ToolCallSummary {
+                tool_call_id: tool_call_id.clone(),
+                name: name.clone(),
+                arguments: None,
+                ms: None,
+            }),
+            EventBody::ToolEnd {
+                tool_call_id,
+                arguments,
+                ms,
+                ..
+            } => {
+                if let Some(t) = run
+                    .metrics
+                    .tool_calls
+                    .iter_mut()
+                    .rev()
+                    .find(|t| &t.tool_call_id == tool_call_id)
+                {
+                    t.arguments = Some(arguments.clone());
+                    t.ms = Some(*ms);
+                }
+            }
+            EventBody::Done {
+                total_ms,
+                usage,
+                finish_reason,
+                ..
+            } => {
+                run.metrics.total_ms = Some(*total_ms);
+                run.metrics.usage = Some(*usage);
+                run.metrics.finish_reason = finish_reason.clone();
+                run.state = RunState::Done;
+                ended = true;
+            }
+            EventBody::Error { message, .. } => {
+                run.metrics.error = Some(message.clone());
+                run.state = RunState::Error;
+                ended = true;
+            }
+            _ => {}
+        }
+        if ended {
+            run.stream = None;
+        }
+        self.emit(ev.body);
+        if ended {
+            self.finish_if_complete();
+        }
+    }
+}
+
+/// The session's state (`GET /api/sessions/{id}`).
+#[derive(Message)]
+#[rtype(result = "SessionState")]
+pub struct GetState;
+
+/// What the state route shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionState {
+    pub session_id: String,
+    pub created_at: u64,
+    pub last_event_id: u64,
+    pub connections: usize,
+    pub busy: bool,
+    pub buffered_events: usize,
+    /// Turns of history kept per model.
+    pub history: BTreeMap<String, usize>,
+    /// The current turn, or the last finished one.
+    pub turn: Option<TurnState>,
+}
+
+/// A turn in the state route.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnState {
+    pub request_id: String,
+    pub models: Vec<String>,
+    pub started_at: u64,
+    pub snapshot: BTreeMap<String, ModelSnapshot>,
+}
+
+impl Handler<GetState> for Session {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state())
+    }
+}
+
+/// End the session (`DELETE`, eviction, shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct End(pub StopReason);
+
+impl Handler<End> for Session {
+    type Result = ();
+
+    fn handle(&mut self, End(reason): End, ctx: &mut Self::Context) {
+        log::info!("session_id={} ended: {reason:?}", self.id);
+        if reason == StopReason::Shutdown {
+            for sink in self.connections.values() {
+                sink.close(1001, "server shutting down");
+            }
+            self.connections.clear();
+        }
+        self.cancel(None, reason);
+        ctx.stop();
+    }
+}

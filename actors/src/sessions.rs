@@ -1,0 +1,215 @@
+//! `Sessions`: the directory of live sessions, their idle/LRU bookkeeping, and the per-IP
+//! connection counts. Shared (`Arc`) by every worker; lookups take a read lock for the time of
+//! a hash probe, so attaching never waits on an actor.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use parking_lot::{Mutex, RwLock};
+
+use crate::model_stream::StopReason;
+use crate::record::now_ms;
+use crate::routing::RoutingTable;
+use crate::session::{End, Session, SessionSettings};
+
+/// Why a session could not be created or joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionsError {
+    /// At `MAX_SESSIONS` with no detached session to evict (WS close 4503, HTTP 503).
+    AtCapacity,
+    /// Shutting down (WS close 4503 / 1001, HTTP 503).
+    Draining,
+}
+
+struct Entry {
+    addr: Addr<Session>,
+    last_active_ms: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// Counters for `/metrics` and `/admin/stats`.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub resumes: AtomicU64,
+    pub replayed_events: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// See the module docs.
+pub struct Sessions {
+    map: RwLock<HashMap<String, Entry>>,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    table: Arc<RoutingTable>,
+    settings: SessionSettings,
+    max_sessions: usize,
+    max_connections_per_ip: u32,
+    draining: AtomicBool,
+    next_conn: AtomicU64,
+    pub counters: SessionCounters,
+}
+
+impl Sessions {
+    /// An empty directory.
+    pub fn new(
+        table: Arc<RoutingTable>,
+        settings: SessionSettings,
+        max_sessions: usize,
+        max_connections_per_ip: u32,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            map: RwLock::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            table,
+            settings,
+            max_sessions: max_sessions.max(1),
+            max_connections_per_ip,
+            draining: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            counters: SessionCounters::default(),
+        })
+    }
+
+    /// Creates a session on the calling thread's arbiter, evicting the least recently used
+    /// detached session when at the cap.
+    pub fn create(self: &Arc<Self>) -> Result<(String, Addr<Session>), SessionsError> {
+        if self.is_draining() {
+            return Err(SessionsError::Draining);
+        }
+        if self.map.read().len() >= self.max_sessions {
+            self.evict_one()?;
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let addr = Session::new(id.clone(), Arc::clone(self), self.settings).start();
+        self.map.write().insert(
+            id.clone(),
+            Entry {
+                addr: addr.clone(),
+                last_active_ms: AtomicU64::new(now_ms()),
+                connections: AtomicUsize::new(0),
+            },
+        );
+        log::info!("session_id={id} created");
+        Ok((id, addr))
+    }
+
+    fn evict_one(&self) -> Result<(), SessionsError> {
+        let victim = {
+            let map = self.map.read();
+            map.iter()
+                .filter(|(_, e)| e.connections.load(Ordering::Relaxed) == 0)
+                .min_by_key(|(_, e)| e.last_active_ms.load(Ordering::Relaxed))
+                .map(|(id, e)| (id.clone(), e.addr.clone()))
+        };
+        let Some((id, addr)) = victim else {
+            return Err(SessionsError::AtCapacity);
+        };
+        log::info!("session_id={id} evicted (least recently used, at the session cap)");
+        self.map.write().remove(&id);
+        addr.do_send(End(StopReason::SessionExpired));
+        Ok(())
+    }
+
+    /// A live session by id.
+    pub fn get(&self, id: &str) -> Option<Addr<Session>> {
+        self.map.read().get(id).map(|e| e.addr.clone())
+    }
+
+    /// Called by a session whenever it is active (LRU order, attached count).
+    pub(crate) fn touch(&self, id: &str, connections: usize) {
+        if let Some(e) = self.map.read().get(id) {
+            e.last_active_ms.store(now_ms(), Ordering::Relaxed);
+            e.connections.store(connections, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by a session as it stops.
+    pub(crate) fn remove(&self, id: &str) {
+        self.map.write().remove(id);
+    }
+
+    pub(crate) fn count_replay(&self, events: usize) {
+        self.counters.resumes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .replayed_events
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// The routing table model streams pick backends from.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.table)
+    }
+
+    /// Live sessions.
+    pub fn count(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// A fresh connection id (unique per process), for logs and detach.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Claims one session connection for `ip`; `None` past the per-IP limit (close 4029 /
+    /// HTTP 429). The slot is released when the guard drops.
+    pub fn claim_connection(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let mut per_ip = self.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if self.max_connections_per_ip > 0 && *n >= self.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot {
+            sessions: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Open session connections (all IPs).
+    pub fn open_connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stop taking new sessions and connections (shutdown).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ends every session (shutdown): clients get `1001`, streams are cancelled.
+    pub fn end_all(&self, reason: StopReason) {
+        let all: Vec<Addr<Session>> = self.map.read().values().map(|e| e.addr.clone()).collect();
+        for addr in all {
+            addr.do_send(End(reason));
+        }
+    }
+}
+
+/// One counted session connection of an IP; dropping it frees the slot.
+pub struct ConnectionSlot {
+    sessions: Arc<Sessions>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.sessions.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.sessions
+            .counters
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

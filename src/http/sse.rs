@@ -1,0 +1,356 @@
+//! The SSE transport of thread sessions (SPEC §5): the same sessions as `/ws`, for networks
+//! that block WebSockets. Commands are POSTs; events stream from `GET .../events` with `id:`,
+//! `event:` and `data:` lines, and resume from `Last-Event-ID`.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_actors::events::{Encoded, EventBody, SendTurn};
+use switchboard_actors::model_stream::StopReason;
+use switchboard_actors::routing::RoutingTable;
+use switchboard_actors::session::{
+    Attach, Command, CommandError, ConnectionSink, Detach, End, GetState, Session,
+};
+use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, Instant, Interval};
+
+use crate::errors::ApiError;
+use crate::http::openai::read_body;
+use crate::state::AppState;
+
+/// `event: heartbeat` cadence on idle SSE streams.
+const SSE_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Queued bytes past which an SSE client is a slow consumer: its stream ends (it reconnects
+/// with `Last-Event-ID` and resumes).
+const SSE_QUEUE_LIMIT: usize = 1024 * 1024;
+
+/// Routes of the session REST + SSE API.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/sessions", web::post().to(create))
+        .route("/api/sessions/{id}", web::get().to(get_state))
+        .route("/api/sessions/{id}", web::delete().to(end))
+        .route("/api/sessions/{id}/events", web::get().to(events))
+        .route("/api/sessions/{id}/messages", web::post().to(send))
+        .route("/api/sessions/{id}/cancel", web::post().to(cancel))
+        .route("/api/sessions/{id}/clear", web::post().to(clear));
+}
+
+/// Models with an active backend, for the `session` event.
+pub fn models_available(table: &RoutingTable) -> Vec<String> {
+    let mut v: Vec<String> = table
+        .snapshot()
+        .iter()
+        .filter(|(_, r)| r.backends.iter().any(|b| b.is_active()))
+        .map(|(m, _)| m.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+fn guard(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
+        Ok(())
+    } else {
+        Err(
+            ApiError::unauthorized("this route needs the UI credentials (HTTP Basic)")
+                .basic_challenge(),
+        )
+    }
+}
+
+fn session(state: &AppState, id: &str) -> Result<Addr<Session>, ApiError> {
+    state.sessions.get(id).ok_or_else(|| {
+        ApiError::not_found(format!("no session {id} (unknown or expired)"))
+            .with_code("session_not_found")
+    })
+}
+
+fn unavailable(e: SessionsError) -> ApiError {
+    let msg = match e {
+        SessionsError::AtCapacity => "at the session capacity; try again later",
+        SessionsError::Draining => "server is draining; try again later",
+    };
+    ApiError::unavailable(msg)
+}
+
+fn command_error(e: CommandError) -> ApiError {
+    let status = match e.code {
+        "busy" => StatusCode::CONFLICT,
+        "not_found" => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::with_status(status, e.code, e.message)
+}
+
+async fn create(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let (id, _) = state.sessions.create().map_err(unavailable)?;
+    Ok(HttpResponse::Created().json(json!({"session_id": id})))
+}
+
+async fn get_state(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let addr = session(&state, &path)?;
+    let s = addr
+        .send(GetState)
+        .await
+        .map_err(|_| ApiError::not_found("session ended"))?;
+    Ok(HttpResponse::Ok().json(s))
+}
+
+async fn end(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let addr = session(&state, &path)?;
+    addr.do_send(End(StopReason::Cancelled));
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn run_command(state: &AppState, id: &str, cmd: Command) -> Result<(), ApiError> {
+    let addr = session(state, id)?;
+    addr.send(cmd)
+        .await
+        .map_err(|_| ApiError::not_found("session ended"))?
+        .map_err(command_error)
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))
+}
+
+/// The `send` body; `type` may be present (the same JSON as over WS) or not.
+#[derive(Deserialize)]
+struct SendBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(flatten)]
+    send: SendTurn,
+}
+
+async fn send(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
+    let b: SendBody = parse(&body)?;
+    if b.kind.as_deref().is_some_and(|k| k != "send") {
+        return Err(ApiError::invalid("`type`, when given, must be \"send\""));
+    }
+    let request_id = b.send.request_id.clone();
+    run_command(&state, &path, Command::Send(b.send)).await?;
+    Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
+}
+
+#[derive(Deserialize)]
+struct CancelBody {
+    request_id: String,
+    model: Option<String>,
+}
+
+async fn cancel(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
+    let b: CancelBody = parse(&body)?;
+    run_command(
+        &state,
+        &path,
+        Command::Cancel {
+            request_id: b.request_id.clone(),
+            model: b.model,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Accepted().json(json!({"request_id": b.request_id})))
+}
+
+async fn clear(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    run_command(&state, &path, Command::Clear).await?;
+    Ok(HttpResponse::Accepted().json(json!({"cleared": true})))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    last_event_id: Option<u64>,
+}
+
+async fn events(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let addr = session(&state, &path)?;
+    if state.sessions.is_draining() {
+        return Err(unavailable(SessionsError::Draining));
+    }
+    let ip = crate::http::client_ip(&req, state.trust_proxy);
+    let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
+        ApiError::rate_limited("too many session connections from this address", 5)
+    })?;
+    let from_header = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let from_query = web::Query::<EventsQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.last_event_id);
+    let last_event_id = from_header.or(from_query);
+
+    let conn_id = state.sessions.next_connection_id();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        queued: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+    });
+    addr.do_send(Attach {
+        conn_id,
+        sink: Box::new(SseSink {
+            tx,
+            shared: Arc::clone(&shared),
+        }),
+        last_event_id,
+        resumed: last_event_id.is_some(),
+        models_available: models_available(&state.table),
+    });
+    log::info!(
+        "connection_id={conn_id} session_id={} ip={ip} SSE attached",
+        path.as_str()
+    );
+    let body = SseBody {
+        rx,
+        shared,
+        heartbeat: interval_at(Instant::now() + SSE_HEARTBEAT, SSE_HEARTBEAT),
+        detach: Some((addr, conn_id)),
+        _slot: slot,
+        ip,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body))
+}
+
+struct Shared {
+    queued: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// How a session reaches an SSE client: an unbounded channel with a byte budget.
+struct SseSink {
+    tx: mpsc::UnboundedSender<Arc<Encoded>>,
+    shared: Arc<Shared>,
+}
+
+impl ConnectionSink for SseSink {
+    fn deliver(&self, event: Arc<Encoded>) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let queued = self.shared.queued.fetch_add(event.cost(), Ordering::AcqRel) + event.cost();
+        if queued > SSE_QUEUE_LIMIT {
+            log::info!("SSE client too slow ({queued} bytes queued); ending its stream");
+            self.shared.closed.store(true, Ordering::Release);
+            return false;
+        }
+        self.tx.send(event).is_ok()
+    }
+
+    fn close(&self, _code: u16, _reason: &str) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Dropping nothing here: the body sees `closed` (or the channel closing) and ends.
+    }
+}
+
+/// The `text/event-stream` body of one SSE client. Dropped when the client goes away, which
+/// detaches it from its session and frees its connection slot.
+struct SseBody {
+    rx: mpsc::UnboundedReceiver<Arc<Encoded>>,
+    shared: Arc<Shared>,
+    heartbeat: Interval,
+    detach: Option<(Addr<Session>, u64)>,
+    _slot: ConnectionSlot,
+    ip: IpAddr,
+}
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // Batch whatever is queued into one write.
+        let mut batch = String::new();
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(event)) => {
+                    this.shared.queued.fetch_sub(event.cost(), Ordering::AcqRel);
+                    batch.push_str(&event.sse_frame());
+                    if batch.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                Poll::Ready(None) => {
+                    if batch.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !batch.is_empty() {
+            this.heartbeat.reset();
+            return Poll::Ready(Some(Ok(Bytes::from(batch))));
+        }
+        if this.shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        if this.heartbeat.poll_tick(cx).is_ready() {
+            let hb = Encoded::new(None, &EventBody::Heartbeat {});
+            return Poll::Ready(Some(Ok(Bytes::from(hb.sse_frame()))));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        if let Some((addr, conn_id)) = self.detach.take() {
+            log::info!("connection_id={conn_id} ip={} SSE stream closed", self.ip);
+            addr.do_send(Detach { conn_id });
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The web UI: pages and assets from `web/`, embedded in the binary at compile time so the
+//! binary is the whole deployment. Every page response carries the security headers of SPEC §7.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+/// Content-Security-Policy of every page: only our own origin, never framed.
+pub const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
+
+/// One embedded file: the URL path it is served at, its bytes and content type.
+struct Asset {
+    path: &'static str,
+    body: &'static str,
+    content_type: &'static str,
+}
+
+macro_rules! asset {
+    ($path:expr, $file:expr, $ct:expr) => {
+        Asset {
+            path: $path,
+            body: include_str!(concat!("../../web/", $file)),
+            content_type: $ct,
+        }
+    };
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// Every file the UI serves. Add a line here when adding a file to `web/`.
+static ASSETS: &[Asset] = &[
+    asset!("/", "index.html", HTML),
+    asset!("/sse", "sse.html", HTML),
+    asset!("/dashboard", "dashboard.html", HTML),
+    asset!("/static/style.css", "style.css", CSS),
+    asset!("/static/compare.js", "compare.js", JS),
+    asset!("/static/dashboard.js", "dashboard.js", JS),
+];
+
+/// Routes for every embedded asset.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for asset in ASSETS {
+        cfg.route(asset.path, web::get().to(serve));
+    }
+}
+
+async fn serve(req: HttpRequest) -> HttpResponse {
+    let Some(asset) = ASSETS.iter().find(|a| a.path == req.path()) else {
+        return HttpResponse::NotFound().finish();
+    };
+    HttpResponse::Ok()
+        .content_type(asset.content_type)
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(asset.body)
+}

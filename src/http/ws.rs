@@ -1,0 +1,467 @@
+//! `GET /ws`: the WebSocket transport of thread sessions (SPEC §4). One `WsConnection` actor
+//! per socket adapts frames to session commands and session events to frames.
+//!
+//! This is the only file that uses `actix-web-actors` (deprecated upstream in favour of
+//! `actix-ws`), so a later switch stays local.
+//!
+//! Flow control: the actor lives inside the response body, so while a slow client's socket is
+//! full the dispatcher stops polling it and the actor cannot run. The queue is therefore
+//! measured outside the actor: the session-side sink adds the frame bytes of every event it
+//! hands over, and a wrapper around the body subtracts what the dispatcher takes. Past the
+//! outbound limit (1 MiB) the sink refuses further events (the session detaches the
+//! connection, so memory stays bounded) and the connection is closed with 4009 as soon as it
+//! can write again: the client reconnects and resumes from its last id. Queued events are not
+//! merged: a resume from the session's buffer is the recovery path.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
+use bytes::Bytes;
+use futures_util::Stream;
+use switchboard_actors::events::{parse_client_message, ClientMessage, Encoded, EventBody};
+use switchboard_actors::session::{Attach, Command, ConnectionSink, Detach, Session};
+use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
+
+use crate::errors::ApiError;
+use crate::http::sse::models_available;
+use crate::state::AppState;
+
+/// How long a new connection has to send `hello` (close 4400 after).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat event and WebSocket ping cadence.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// A connection silent this long (no frame, no pong) is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+/// Largest frame accepted from a client (close 1009 above).
+const MAX_FRAME: usize = 1024 * 1024;
+
+/// Close codes of SPEC §4.3.
+pub mod close {
+    pub const UNKNOWN_SESSION: u16 = 4001;
+    pub const SLOW_CONSUMER: u16 = 4009;
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+    pub const BAD_HELLO: u16 = 4400;
+    pub const UNAVAILABLE: u16 = 4503;
+    pub const UNAUTHORIZED: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Routes of the WebSocket transport.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(upgrade));
+}
+
+async fn upgrade(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ip = crate::http::client_ip(&req, state.trust_proxy);
+    let conn_id = state.sessions.next_connection_id();
+    // Limits are enforced after the upgrade, so a browser can see the close code.
+    let slot = state.sessions.claim_connection(ip);
+    let preclose = if !crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
+        Some((close::UNAUTHORIZED, "unauthorized"))
+    } else if state.sessions.is_draining() {
+        Some((close::UNAVAILABLE, "server draining; reconnect later"))
+    } else if slot.is_none() {
+        Some((
+            close::TOO_MANY_CONNECTIONS,
+            "too many connections from this address",
+        ))
+    } else {
+        None
+    };
+    let flow = Arc::new(Flow {
+        queued: AtomicUsize::new(0),
+        over: AtomicBool::new(false),
+        limit: state.outbound_limit,
+    });
+    let actor = WsConnection {
+        conn_id,
+        ip,
+        sessions: Arc::clone(&state.sessions),
+        state: state.clone(),
+        slot,
+        preclose,
+        session: None,
+        last_heard: Instant::now(),
+        flow: Arc::clone(&flow),
+    };
+    let mut resp = ws::handshake(&req)
+        .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))?;
+    let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME);
+    let body = WebsocketContext::with_codec(actor, payload, codec);
+    Ok(resp.streaming(Metered {
+        inner: Box::pin(body),
+        flow,
+    }))
+}
+
+/// The outbound queue of one connection, measured outside its actor (see module docs).
+struct Flow {
+    /// Frame bytes handed to the connection and not yet taken by the dispatcher.
+    queued: AtomicUsize,
+    /// The limit was passed: refuse events, close with 4009 when possible.
+    over: AtomicBool,
+    limit: usize,
+}
+
+/// Subtracts the bytes the dispatcher takes from the WebSocket body (see module docs).
+struct Metered<S> {
+    inner: Pin<Box<S>>,
+    flow: Arc<Flow>,
+}
+
+impl<S> Stream for Metered<S>
+where
+    S: Stream<Item = Result<Bytes, actix_web::Error>>,
+{
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            let taken = chunk.len();
+            let _ = self
+                .flow
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    Some(q.saturating_sub(taken))
+                });
+        }
+        polled
+    }
+}
+
+/// Size of an unmasked server frame carrying `payload` bytes.
+fn frame_len(payload: usize) -> usize {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    payload + header
+}
+
+/// One WebSocket client. Stopped by a close, a protocol error, silence, or its session ending.
+pub struct WsConnection {
+    conn_id: u64,
+    ip: IpAddr,
+    sessions: Arc<Sessions>,
+    state: web::Data<AppState>,
+    /// This IP's connection slot; released when the actor is dropped.
+    slot: Option<ConnectionSlot>,
+    /// A limit hit at upgrade time: close with this code as soon as the socket is open.
+    preclose: Option<(u16, &'static str)>,
+    /// The attached session; `None` until a valid `hello`. Told on stop (`Detach`).
+    session: Option<(String, Addr<Session>)>,
+    last_heard: Instant,
+    /// This connection's outbound queue accounting, shared with its sink and body wrapper.
+    flow: Arc<Flow>,
+}
+
+impl WsConnection {
+    fn label(&self) -> String {
+        let session = self.session.as_ref().map_or("-", |(id, _)| id.as_str());
+        format!(
+            "connection_id={} session_id={session} ip={}",
+            self.conn_id, self.ip
+        )
+    }
+
+    fn close_with(&mut self, ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
+        log::info!("{} closing with {code}: {reason}", self.label());
+        ctx.close(Some(CloseReason {
+            code: CloseCode::Other(code),
+            description: Some(reason.to_string()),
+        }));
+        ctx.stop();
+    }
+
+    fn send_now(&mut self, ctx: &mut WebsocketContext<Self>, json: &str) {
+        ctx.text(json.to_string());
+    }
+
+    /// An event outside the session sequence (pong, invalid message, busy, heartbeat).
+    fn reply(&mut self, ctx: &mut WebsocketContext<Self>, body: &EventBody) {
+        let event = Encoded::new(None, body);
+        self.flow
+            .queued
+            .fetch_add(frame_len(event.json.len()), Ordering::AcqRel);
+        self.send_now(ctx, &event.json);
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
+        let parsed = parse_client_message(text);
+        let Some((session_id, addr)) = self.session.clone() else {
+            match parsed {
+                Ok(ClientMessage::Hello {
+                    session_id,
+                    last_event_id,
+                }) => self.hello(session_id, last_event_id, ctx),
+                _ => self.close_with(
+                    ctx,
+                    close::BAD_HELLO,
+                    "the first message must be a valid hello",
+                ),
+            }
+            return;
+        };
+        let command = match parsed {
+            Err(message) => {
+                self.reply(
+                    ctx,
+                    &EventBody::client_error(None, "invalid_message", message),
+                );
+                return;
+            }
+            Ok(ClientMessage::Ping {}) => {
+                self.reply(ctx, &EventBody::Pong {});
+                return;
+            }
+            Ok(ClientMessage::Hello { .. }) => {
+                self.reply(
+                    ctx,
+                    &EventBody::client_error(
+                        None,
+                        "invalid_message",
+                        "already attached; hello is only the first message",
+                    ),
+                );
+                return;
+            }
+            Ok(ClientMessage::Send(send)) => Command::Send(send),
+            Ok(ClientMessage::Cancel { request_id, model }) => {
+                Command::Cancel { request_id, model }
+            }
+            Ok(ClientMessage::Clear {}) => Command::Clear,
+        };
+        let request_id = match &command {
+            Command::Send(s) => Some(s.request_id.clone()),
+            Command::Cancel { request_id, .. } => Some(request_id.clone()),
+            Command::Clear => None,
+        };
+        let label = format!("{} session_id={session_id}", self.label());
+        addr.send(command)
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::info!(
+                        "{label} request_id={} refused: {}",
+                        request_id.as_deref().unwrap_or("-"),
+                        e.message
+                    );
+                    act.reply(ctx, &EventBody::client_error(request_id, e.code, e.message));
+                }
+                Err(_) => act.close_with(ctx, close::UNKNOWN_SESSION, "session ended"),
+            })
+            .wait(ctx);
+    }
+
+    fn hello(
+        &mut self,
+        session_id: Option<String>,
+        last_event_id: Option<u64>,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
+        let (id, addr, resumed) = match session_id {
+            Some(id) => match self.sessions.get(&id) {
+                Some(addr) => (id, addr, true),
+                None => {
+                    return self.close_with(
+                        ctx,
+                        close::UNKNOWN_SESSION,
+                        "unknown or expired session_id; start a new session",
+                    )
+                }
+            },
+            None => match self.sessions.create() {
+                Ok((id, addr)) => (id, addr, false),
+                Err(SessionsError::AtCapacity) => {
+                    return self.close_with(ctx, close::UNAVAILABLE, "at capacity; reconnect later")
+                }
+                Err(SessionsError::Draining) => {
+                    return self.close_with(
+                        ctx,
+                        close::UNAVAILABLE,
+                        "server draining; reconnect later",
+                    )
+                }
+            },
+        };
+        self.session = Some((id, addr.clone()));
+        addr.do_send(Attach {
+            conn_id: self.conn_id,
+            sink: Box::new(WsSink {
+                addr: ctx.address(),
+                flow: Arc::clone(&self.flow),
+            }),
+            last_event_id: if resumed { last_event_id } else { None },
+            resumed,
+            models_available: models_available(&self.state.table),
+        });
+    }
+}
+
+impl Actor for WsConnection {
+    type Context = WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some((code, reason)) = self.preclose.take() {
+            self.close_with(ctx, code, reason);
+            return;
+        }
+        log::info!("{} connected", self.label());
+        ctx.run_later(HELLO_TIMEOUT, |act, ctx| {
+            if act.session.is_none() {
+                act.close_with(ctx, close::BAD_HELLO, "no hello within 5 s");
+            }
+        });
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
+                log::info!(
+                    "{} silent for {} s; dropping",
+                    act.label(),
+                    CLIENT_TIMEOUT.as_secs()
+                );
+                ctx.stop();
+                return;
+            }
+            ctx.ping(b"");
+            if act.session.is_some() {
+                act.reply(ctx, &EventBody::Heartbeat {});
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some((_, addr)) = self.session.take() {
+            addr.do_send(Detach {
+                conn_id: self.conn_id,
+            });
+        }
+        self.slot = None;
+        log::info!("connection_id={} closed", self.conn_id);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for WsConnection {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) => {
+                if self.session.is_none() {
+                    self.close_with(
+                        ctx,
+                        close::BAD_HELLO,
+                        "the first message must be a valid hello",
+                    );
+                } else {
+                    self.reply(
+                        ctx,
+                        &EventBody::client_error(
+                            None,
+                            "invalid_message",
+                            "binary frames are not supported",
+                        ),
+                    );
+                }
+            }
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) | Ok(ws::Message::Continuation(_)) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => {
+                self.close_with(ctx, close::TOO_BIG, "frame larger than 1 MiB")
+            }
+            Err(e) => {
+                log::info!("{} protocol error: {e}", self.label());
+                ctx.stop();
+            }
+        }
+    }
+}
+
+/// A session event for this connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Outbound(Arc<Encoded>);
+
+impl Handler<Outbound> for WsConnection {
+    type Result = ();
+
+    fn handle(&mut self, Outbound(event): Outbound, ctx: &mut Self::Context) {
+        self.send_now(ctx, &event.json);
+    }
+}
+
+/// The session ends this connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseConnection(u16, String);
+
+impl Handler<CloseConnection> for WsConnection {
+    type Result = ();
+
+    fn handle(&mut self, CloseConnection(code, reason): CloseConnection, ctx: &mut Self::Context) {
+        self.session = None; // the session already forgot us
+        self.close_with(ctx, code, &reason);
+    }
+}
+
+/// How the session reaches a WebSocket connection: the actor's address plus the queue
+/// accounting that works even while the actor cannot run.
+struct WsSink {
+    addr: Addr<WsConnection>,
+    flow: Arc<Flow>,
+}
+
+impl ConnectionSink for WsSink {
+    fn deliver(&self, event: Arc<Encoded>) -> bool {
+        if !self.addr.connected() || self.flow.over.load(Ordering::Acquire) {
+            return false;
+        }
+        let queued = self
+            .flow
+            .queued
+            .fetch_add(frame_len(event.json.len()), Ordering::AcqRel);
+        if queued > self.flow.limit {
+            self.flow.over.store(true, Ordering::Release);
+            self.addr.do_send(CloseConnection(
+                close::SLOW_CONSUMER,
+                "slow consumer: reconnect and resume".into(),
+            ));
+            return false;
+        }
+        self.addr.do_send(Outbound(event));
+        true
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        self.addr.do_send(CloseConnection(code, reason.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths() {
+        assert_eq!(frame_len(10), 12);
+        assert_eq!(frame_len(200), 204);
+        assert_eq!(frame_len(70_000), 70_010);
+    }
+}
