@@ -336,6 +336,9 @@ pub struct SseScan {
     pub ttft: Option<Duration>,
     /// `data: [DONE]` was seen.
     pub done: bool,
+    /// Largest gap between two consecutive tokens (reveals batching/stalls).
+    pub max_gap: Duration,
+    last_token: Option<Instant>,
 }
 
 impl SseScan {
@@ -346,6 +349,8 @@ impl SseScan {
             line: Vec::new(),
             ttft: None,
             done: false,
+            max_gap: Duration::ZERO,
+            last_token: None,
         }
     }
 
@@ -384,8 +389,16 @@ impl SseScan {
             self.done = true;
             return false;
         }
-        if self.ttft.is_none() && has_token(payload) {
-            self.ttft = Some(self.t0.elapsed());
+        if !has_token(payload) {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last_token {
+            self.max_gap = self.max_gap.max(now - last);
+        }
+        self.last_token = Some(now);
+        if self.ttft.is_none() {
+            self.ttft = Some(now - self.t0);
             return true;
         }
         false
@@ -394,6 +407,10 @@ impl SseScan {
 
 /// Whether an SSE JSON payload carries a non-empty content (or text) token.
 fn has_token(payload: &[u8]) -> bool {
+    // Fast path for compact JSON (what the mock sends and proxies relay).
+    if let Some(i) = find(payload, b"\"content\":\"") {
+        return payload.get(i + 11).is_some_and(|&b| b != b'"');
+    }
     if find(payload, b"\"content\"").is_none() && find(payload, b"\"text\"").is_none() {
         return false;
     }

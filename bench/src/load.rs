@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mockllm::MockHandle;
+use mockllm::{MockHandle, Stats};
 use tokio::time::timeout;
 
 use crate::client::{Conn, Error, Flow, SseScan};
@@ -38,6 +38,8 @@ pub struct Outcome {
     pub latencies_ns: Vec<u64>,
     /// Time to first token of good streams, ns.
     pub ttft_ns: Vec<u64>,
+    /// Largest gap between consecutive tokens of each good stream, ns.
+    pub max_gap_ns: Vec<u64>,
     /// 200 with a complete body (and, for streams, a token and `[DONE]`).
     pub ok: u64,
     /// Connect / socket / parse errors and timeouts.
@@ -68,6 +70,7 @@ impl Outcome {
     fn merge(&mut self, other: Outcome) {
         self.latencies_ns.extend(other.latencies_ns);
         self.ttft_ns.extend(other.ttft_ns);
+        self.max_gap_ns.extend(other.max_gap_ns);
         self.ok += other.ok;
         self.errors += other.errors;
         for (status, n) in other.statuses {
@@ -98,6 +101,7 @@ struct Exchange {
     close: bool,
     complete: bool,
     ttft: Option<Duration>,
+    max_gap: Duration,
     done: bool,
     snippet: Vec<u8>,
 }
@@ -129,6 +133,7 @@ async fn exchange(
         close: head.close,
         complete,
         ttft: scan.ttft,
+        max_gap: scan.max_gap,
         done: scan.done,
         snippet,
     })
@@ -200,6 +205,7 @@ async fn worker(spec: Arc<Spec>, next: Arc<AtomicU64>, stop_at: Instant) -> Outc
                     out.latencies_ns.push(nanos(elapsed));
                     if let Some(t) = x.ttft {
                         out.ttft_ns.push(nanos(t));
+                        out.max_gap_ns.push(nanos(x.max_gap));
                     }
                 }
             }
@@ -257,8 +263,11 @@ fn unix_ms_f64() -> f64 {
 /// Result of the cancel-to-upstream-close probe.
 #[derive(Debug, Default)]
 pub struct CancelOutcome {
-    /// ms from the client closing its socket to the mock recording the abort.
+    /// ms from the client closing its socket to the bench seeing the mock's
+    /// abort record (polled every 50 µs: an upper bound, ~0.1 ms resolution).
     pub delays_ms: Vec<f64>,
+    /// Same, from the abort's own `at_ms` stamp (whole ms, so accurate to 1 ms).
+    pub at_ms_delays_ms: Vec<f64>,
     /// Tries where the mock never saw an abort within the wait.
     pub missed: u32,
     /// Tries that failed before the first token.
@@ -275,8 +284,8 @@ impl CancelOutcome {
     }
 }
 
-fn aborts_for(mock: &MockHandle, model: &str) -> (usize, Option<u64>) {
-    let snap = mock.stats();
+fn aborts_for(stats: &Stats, model: &str) -> (usize, Option<u64>) {
+    let snap = stats.snapshot();
     let mut n = 0;
     let mut last = None;
     for a in snap.aborts.iter().filter(|a| a.model == model) {
@@ -284,6 +293,30 @@ fn aborts_for(mock: &MockHandle, model: &str) -> (usize, Option<u64>) {
         last = Some(a.at_ms);
     }
     (n, last)
+}
+
+/// Polls every 50 µs until `model` has more than `before` aborts; returns
+/// when it saw it and the abort's `at_ms`.
+///
+/// This blocks the calling thread on purpose (bounded by `wait`): the probe
+/// runs alone, and a blocking-pool handoff would add its own wake-up latency
+/// to every sample. The mock runs on its own threads.
+fn wait_for_abort(
+    stats: &Stats,
+    model: &str,
+    before: usize,
+    wait: Duration,
+) -> Option<(Instant, u64)> {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let (n, Some(at_ms)) = aborts_for(stats, model) {
+            if n > before {
+                return Some((Instant::now(), at_ms));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    None
 }
 
 /// Opens a stream of `model`, reads the first token, closes the socket and
@@ -298,6 +331,7 @@ pub async fn cancel_probe(
     time_limit: Duration,
 ) -> CancelOutcome {
     let mut out = CancelOutcome::default();
+    let stats = mock.shared_stats();
     let stop_at = Instant::now() + time_limit;
     for i in 0..tries {
         if Instant::now() >= stop_at {
@@ -309,7 +343,7 @@ pub async fn cancel_probe(
             out.note(format!("stopped after {i} tries: no abort seen at all"));
             break;
         }
-        let (before, _) = aborts_for(mock, model);
+        let (before, _) = aborts_for(&stats, model);
         let first = timeout(wait, async {
             let mut conn = Conn::connect(addr).await?;
             let t0 = Instant::now();
@@ -348,25 +382,18 @@ pub async fn cancel_probe(
             }
         };
         let closed_ms = unix_ms_f64();
+        let closed = Instant::now();
         drop(conn);
-        let deadline = Instant::now() + wait;
-        let mut seen = None;
-        while Instant::now() < deadline {
-            let (n, last) = aborts_for(mock, model);
-            if n > before {
-                seen = last;
-                break;
+        match wait_for_abort(&stats, model, before, wait) {
+            Some((seen, at_ms)) => {
+                out.delays_ms.push((seen - closed).as_secs_f64() * 1000.0);
+                out.at_ms_delays_ms
+                    .push((at_ms as f64 - closed_ms).max(0.0));
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        match seen {
-            // at_ms is whole milliseconds: the difference is accurate to 1 ms.
-            Some(at_ms) => out.delays_ms.push((at_ms as f64 - closed_ms).max(0.0)),
             None => {
                 out.missed += 1;
                 out.note(format!(
-                    "upstream connection not closed within {:?} of the client closing",
-                    wait
+                    "upstream connection not closed within {wait:?} of the client closing"
                 ));
             }
         }

@@ -376,6 +376,10 @@ async fn bench_target(
     put(&mut r, "ttft_p50_ms", pct_ms(&ttft, 50.0));
     put(&mut r, "ttft_p99_ms", pct_ms(&ttft, 99.0));
     put(&mut r, "stream_total_p50_ms", pct_ms(&total, 50.0));
+    let mut gaps = st.max_gap_ns.clone();
+    gaps.sort_unstable();
+    put(&mut r, "stream_max_gap_p50_ms", pct_ms(&gaps, 50.0));
+    put(&mut r, "stream_max_gap_p99_ms", pct_ms(&gaps, 99.0));
     settle().await;
 
     let c = load::cancel_probe(
@@ -400,6 +404,10 @@ async fn bench_target(
     put(&mut r, "cancel_p50_ms", pct_f(&d, 50.0));
     put(&mut r, "cancel_p99_ms", pct_f(&d, 99.0));
     put(&mut r, "cancel_max_ms", d.last().copied());
+    let mut d = c.at_ms_delays_ms.clone();
+    d.sort_by(f64::total_cmp);
+    put(&mut r, "cancel_at_ms_p50_ms", pct_f(&d, 50.0));
+    put(&mut r, "cancel_at_ms_p99_ms", pct_f(&d, 99.0));
     settle().await;
     Ok(r)
 }
@@ -446,6 +454,14 @@ fn rows(plan: &Plan) -> Vec<Row> {
         ms(
             "stream_total_p50_ms",
             format!("stream c={sc} full p50 (ms)"),
+        ),
+        ms(
+            "stream_max_gap_p50_ms",
+            format!("stream c={sc} max gap p50 (ms)"),
+        ),
+        ms(
+            "stream_max_gap_p99_ms",
+            format!("stream c={sc} max gap p99 (ms)"),
         ),
         ms("cancel_p50_ms", "cancel->upstream close p50 (ms)".into()),
         ms("cancel_p99_ms", "cancel->upstream close p99 (ms)".into()),
@@ -806,6 +822,7 @@ async fn run(args: Args) -> Result<(), String> {
         "added_vs_direct": added,
         "skipped": skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
         "switchboard_log": sb_log,
+        "notes": report_notes,
         "elapsed_s": elapsed,
     });
     println!("BENCH_JSON {report}");
