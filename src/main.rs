@@ -15,6 +15,9 @@ mod config;
 mod demo;
 mod errors;
 mod http;
+mod metrics;
+mod rate_limit;
+mod shutdown;
 mod startup;
 mod state;
 
@@ -161,6 +164,10 @@ async fn run(config: Config) -> Result<(), String> {
             password: config.ui_password.clone(),
         },
         trust_proxy: config.trust_proxy,
+        metrics: Arc::new(metrics::GatewayMetrics::default()),
+        rate_limiter: rate_limit::RateLimiter::new(config.rate_limit_per_min),
+        rate_limit_per_min: config.rate_limit_per_min,
+        max_sessions: config.max_sessions,
         outbound_limit: config.outbound_limit_bytes,
         table,
         supervisor: supervisor.clone(),
@@ -183,7 +190,9 @@ async fn run(config: Config) -> Result<(), String> {
     // Stream chunks are small writes; without this, Nagle holds each one back until the
     // client's delayed ACK (~40 ms) on reused connections.
     .tcp_nodelay(true)
-    .shutdown_timeout(config.drain_timeout_s);
+    // Our own drain (shutdown.rs) runs first; the workers then get a short grace.
+    .shutdown_timeout(shutdown::WORKER_GRACE.as_secs())
+    .disable_signals();
     if let Some(n) = config.workers {
         server = server.workers(n);
     }
@@ -204,8 +213,23 @@ async fn run(config: Config) -> Result<(), String> {
             if config.demo_enabled() { "on" } else { "off" }
         );
     }
-    let result = server.run().await;
+    let server = server.run();
+    let handle = server.handle();
+    let mut running = actix_web::rt::spawn(server);
+    let result = tokio::select! {
+        finished = &mut running => finished,
+        signal = shutdown::signal() => {
+            log::info!("{signal} received: shutting down");
+            shutdown::drain(&state, &handle, Duration::from_secs(config.drain_timeout_s)).await;
+            running.await
+        }
+    };
     log::info!("HTTP server stopped; flushing the registry");
     let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(Flush)).await;
-    result.map_err(|e| format!("server error: {e}"))
+    log::info!("bye");
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("server error: {e}")),
+        Err(e) => Err(format!("server task failed: {e}")),
+    }
 }

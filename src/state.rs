@@ -24,6 +24,12 @@ pub struct AppState {
     pub ui_credentials: UiCredentials,
     /// Per-connection outbound queue bound (slow consumers are closed with 4009 past it).
     pub outbound_limit: usize,
+    /// The proxy's counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::GatewayMetrics>,
+    /// Per-IP token buckets of the API routes.
+    pub rate_limiter: crate::rate_limit::RateLimiter,
+    pub rate_limit_per_min: u32,
+    pub max_sessions: usize,
     /// Take client IPs from `X-Forwarded-For` (behind a trusted proxy).
     pub trust_proxy: bool,
     pub client_keys: Vec<String>,

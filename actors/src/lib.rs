@@ -14,6 +14,7 @@
 //! - [`events`]: the session wire format shared by the WebSocket and SSE transports.
 //! - [`buffer`]: the per-session resume buffer (bounded in events and bytes).
 //! - [`history`]: per-model conversation history, trimmed by turns and tokens.
+//! - [`metrics`]: lock-free histograms rendered as Prometheus text.
 //! - [`model_stream`]: one actor per model per turn; stopping it cancels the upstream.
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
@@ -22,6 +23,7 @@ pub mod backend;
 pub mod buffer;
 pub mod events;
 pub mod history;
+pub mod metrics;
 pub mod model_stream;
 pub mod openai_stream;
 pub mod record;

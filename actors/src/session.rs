@@ -226,6 +226,14 @@ impl Session {
                 },
             );
         }
+        self.registry
+            .counters()
+            .turns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.registry
+            .counters()
+            .turns_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         log::info!(
             "session_id={} request_id={} turn started: {}",
             self.id,
@@ -262,6 +270,10 @@ impl Session {
                 }
             }
         }
+        self.registry
+            .counters()
+            .cancellations
+            .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for m in targets {
             self.emit(EventBody::Cancelled {
                 request_id: request_id.clone(),
@@ -282,6 +294,10 @@ impl Session {
             request_id: request_id.clone(),
         });
         if let Some(turn) = self.turn.take() {
+            self.registry
+                .counters()
+                .turns_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             for m in &turn.models {
                 if let Some(run) = turn.runs.get(m) {
                     // A failed model with no text adds nothing; a cancelled one keeps its part.
@@ -388,6 +404,10 @@ impl Actor for Session {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(turn) = &mut self.turn {
+            self.registry
+                .counters()
+                .turns_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             for run in turn.runs.values_mut() {
                 if let Some(stream) = run.stream.take() {
                     stream.do_send(StopStream(StopReason::SessionExpired));
@@ -555,7 +575,10 @@ impl Handler<StreamEvent> for Session {
         let mut ended = false;
         match &ev.body {
             EventBody::Start { backend, .. } => run.metrics.backend = Some(backend.clone()),
-            EventBody::Ttft { ms, .. } => run.metrics.ttft_ms = Some(*ms),
+            EventBody::Ttft { ms, .. } => {
+                run.metrics.ttft_ms = Some(*ms);
+                self.registry.counters().ttft.observe_ms(*ms);
+            }
             EventBody::Token { content, .. } => run.content.push_str(content),
             EventBody::ToolStart {
                 tool_call_id, name, ..
@@ -666,5 +689,26 @@ impl Handler<End> for Session {
         }
         self.cancel(None, reason);
         ctx.stop();
+    }
+}
+
+/// Close every connection of the session (shutdown: `1001`) while its turn may go on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseConnections {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Handler<CloseConnections> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseConnections, ctx: &mut Self::Context) {
+        for sink in self.connections.values() {
+            sink.close(msg.code, msg.reason);
+        }
+        self.connections.clear();
+        self.touch();
+        self.arm_grace(ctx);
     }
 }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use parking_lot::{Mutex, RwLock};
 
+use crate::metrics::{Histogram, LATENCY_BUCKETS_MS};
 use crate::model_stream::StopReason;
 use crate::record::now_ms;
 use crate::routing::RoutingTable;
-use crate::session::{End, Session, SessionSettings};
+use crate::session::{CloseConnections, End, Session, SessionSettings};
 
 /// Why a session could not be created or joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +32,32 @@ struct Entry {
 }
 
 /// Counters for `/metrics` and `/admin/stats`.
-#[derive(Debug, Default)]
 pub struct SessionCounters {
     pub resumes: AtomicU64,
     pub replayed_events: AtomicU64,
     pub connections: AtomicU64,
+    /// Model streams stopped by a cancel, a `clear`, grace expiry or a session end.
+    pub cancellations: AtomicU64,
+    /// Turns started.
+    pub turns: AtomicU64,
+    /// Turns not yet complete (shutdown waits for them).
+    pub turns_in_flight: AtomicU64,
+    /// Time to first token of session model streams.
+    pub ttft: Histogram,
+}
+
+impl Default for SessionCounters {
+    fn default() -> Self {
+        Self {
+            resumes: AtomicU64::new(0),
+            replayed_events: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            cancellations: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            turns_in_flight: AtomicU64::new(0),
+            ttft: Histogram::new(LATENCY_BUCKETS_MS),
+        }
+    }
 }
 
 /// See the module docs.
@@ -130,6 +152,11 @@ impl Sessions {
         self.map.write().remove(id);
     }
 
+    /// The shared counters (also updated by sessions).
+    pub(crate) fn counters(&self) -> &SessionCounters {
+        &self.counters
+    }
+
     pub(crate) fn count_replay(&self, events: usize) {
         self.counters.resumes.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -181,6 +208,14 @@ impl Sessions {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Closes every session connection with `code` (shutdown: `1001`); turns go on.
+    pub fn close_all_connections(&self, code: u16, reason: &'static str) {
+        let all: Vec<Addr<Session>> = self.map.read().values().map(|e| e.addr.clone()).collect();
+        for addr in all {
+            addr.do_send(CloseConnections { code, reason });
+        }
     }
 
     /// Ends every session (shutdown): clients get `1001`, streams are cancelled.

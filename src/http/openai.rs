@@ -5,6 +5,7 @@
 //! body chunk arrives, or after the commit timeout without one. Before that, a connect error,
 //! timeout, 5xx or a stream that dies marks the backend unhealthy and the next one is tried.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
@@ -73,7 +74,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn path(self) -> &'static str {
+    /// The upstream path, also the route label in metrics.
+    pub fn path(self) -> &'static str {
         match self {
             Self::Chat => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
@@ -163,6 +165,12 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// What a finished request is counted as in `/metrics`.
+struct Outcome {
+    model: String,
+    backend: String,
+}
+
 async fn proxy(
     req: HttpRequest,
     payload: web::Payload,
@@ -171,9 +179,49 @@ async fn proxy(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
+    let mut outcome = Outcome {
+        model: "-".into(),
+        backend: "-".into(),
+    };
+    let result = proxy_attempts(
+        &req,
+        payload,
+        &state,
+        &client.0,
+        endpoint,
+        arrived,
+        &mut outcome,
+    )
+    .await;
+    let status = match &result {
+        Ok(resp) => resp.status().as_u16(),
+        Err(e) => e.status.as_u16(),
+    };
+    let ms = arrived.elapsed().as_millis() as u64;
+    state.metrics.record(
+        endpoint.path(),
+        &outcome.model,
+        &outcome.backend,
+        status,
+        ms,
+    );
+    result
+}
+
+async fn proxy_attempts(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &web::Data<AppState>,
+    client: &awc::Client,
+    endpoint: Endpoint,
+    arrived: Instant,
+    outcome: &mut Outcome,
+) -> Result<HttpResponse, ApiError> {
     auth::require_client(req.headers(), &state.client_keys)?;
-    let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
+    check_rate(req, state)?;
+    let body = read_body(req, payload, state.proxy.max_body_bytes).await?;
     let model = parse_request(&body, endpoint)?;
+    outcome.model.clone_from(&model);
     let request_id = request_id(req.headers());
     let candidates = state
         .table
@@ -183,26 +231,18 @@ async fn proxy(
     let mut last_error = String::new();
     for (attempt, backend) in candidates.into_iter().enumerate() {
         let guard = backend.start_request();
-        match try_backend(
-            &client.0,
-            &backend,
-            &req,
-            &body,
-            endpoint,
-            &request_id,
-            &state,
-        )
-        .await
-        {
+        match try_backend(client, &backend, req, &body, endpoint, &request_id, state).await {
             Ok(committed) => {
+                let commit_ms = arrived.elapsed().as_millis() as u64;
                 log::info!(
-                    "request_id={request_id} model={model} backend={} status={} attempt={} commit_ms={}",
+                    "request_id={request_id} model={model} backend={} status={} attempt={} commit_ms={commit_ms}",
                     backend.id,
                     committed.status.as_u16(),
                     attempt + 1,
-                    arrived.elapsed().as_millis()
                 );
-                return Ok(respond(committed, guard, arrived, &request_id, &state));
+                state.metrics.observe_ttfb(commit_ms);
+                outcome.backend = backend.id.to_string();
+                return Ok(respond(committed, guard, arrived, &request_id, state));
             }
             Err(reason) => {
                 log::warn!(
@@ -218,6 +258,20 @@ async fn proxy(
     Err(ApiError::upstream_failed(format!(
         "every backend attempt for model `{model}` failed; last error: {last_error}"
     )))
+}
+
+/// The per-IP rate limit of API routes: 429 with `Retry-After`.
+pub fn check_rate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let ip = crate::http::client_ip(req, state.trust_proxy);
+    state.rate_limiter.check(ip).map_err(|retry_after| {
+        ApiError::rate_limited(
+            format!(
+                "rate limit of {} requests a minute exceeded; retry in {retry_after} s",
+                state.rate_limit_per_min
+            ),
+            retry_after,
+        )
+    })
 }
 
 /// An upstream response that is ready to be sent to the client.
@@ -332,6 +386,7 @@ fn respond(
         keepalive: state.proxy.keepalive,
     };
     let relay = RelayBody::new(
+        Arc::clone(&state.metrics),
         c.rest,
         c.first,
         c.is_sse,
@@ -352,6 +407,7 @@ async fn list_models(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     auth::require_client(req.headers(), &state.client_keys)?;
+    check_rate(&req, &state)?;
     let snapshot = state.table.snapshot();
     let mut models: Vec<_> = snapshot
         .iter()

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use switchboard_actors::routing::InFlightGuard;
 use tokio::time::{sleep, Instant, Sleep};
 
 use crate::errors::ApiError;
+use crate::metrics::GatewayMetrics;
 
 /// An SSE comment that keeps idle proxies (60 s timeouts) from closing a silent stream.
 pub const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
@@ -58,11 +60,27 @@ pub struct RelayBody {
     /// Counts the request in the backend's `in_flight` until the body is dropped.
     guard: InFlightGuard,
     request_id: String,
+    /// Counts a client that leaves before the end.
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away first; dropping `upstream` closes that connection.
+            self.metrics.client_disconnected();
+            log::info!(
+                "request_id={} client disconnected; upstream closed",
+                self.request_id
+            );
+        }
+    }
 }
 
 impl RelayBody {
     /// Wraps an upstream body whose first chunk (if any) already arrived.
     pub fn new(
+        metrics: Arc<GatewayMetrics>,
         upstream: UpstreamBody,
         first: Option<Bytes>,
         is_sse: bool,
@@ -72,6 +90,7 @@ impl RelayBody {
         request_id: String,
     ) -> Self {
         Self {
+            metrics,
             done_marker: DoneMarker::default(),
             expected_len,
             relayed: 0,

@@ -96,6 +96,7 @@ fn command_error(e: CommandError) -> ApiError {
 
 async fn create(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
+    crate::http::openai::check_rate(&req, &state)?;
     let (id, _) = state.sessions.create().map_err(unavailable)?;
     Ok(HttpResponse::Created().json(json!({"session_id": id})))
 }
@@ -153,6 +154,7 @@ async fn send(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
+    crate::http::openai::check_rate(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b: SendBody = parse(&body)?;
     if b.kind.as_deref().is_some_and(|k| k != "send") {

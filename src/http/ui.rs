@@ -4,6 +4,9 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::errors::ApiError;
+use crate::state::AppState;
+
 /// Content-Security-Policy of every page: only our own origin, never framed.
 pub const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
 
@@ -45,10 +48,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }
 }
 
-async fn serve(req: HttpRequest) -> HttpResponse {
+async fn serve(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let Some(asset) = ASSETS.iter().find(|a| a.path == req.path()) else {
         return HttpResponse::NotFound().finish();
     };
+    if !crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
+        let err = ApiError::unauthorized("this page needs the UI credentials (HTTP Basic)")
+            .basic_challenge();
+        return actix_web::ResponseError::error_response(&err);
+    }
     HttpResponse::Ok()
         .content_type(asset.content_type)
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))

@@ -52,6 +52,7 @@ impl Broker {
             .env("SWITCHBOARD_ADMIN_KEY", ADMIN)
             .env("SWITCHBOARD_DEMO", "0")
             .env("SWITCHBOARD_WORKERS", "2")
+            .env("SWITCHBOARD_RATE_LIMIT_PER_MIN", "0")
             .env("RUST_LOG", "info");
         for (k, v) in &env {
             cmd.env(k, v);
@@ -116,6 +117,34 @@ impl Broker {
         self.url = next.url.clone();
         self.child = next.child.take();
         self.logs = Arc::clone(&next.logs);
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; its exit code, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Some(status.code().unwrap_or(-1));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Everything the process wrote to stdout and stderr so far.

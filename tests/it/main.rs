@@ -6,6 +6,7 @@ mod admin;
 mod gateway;
 mod harness;
 mod health;
+mod ops;
 mod persistence;
 mod resume;
 mod sessions;

@@ -50,7 +50,7 @@ def mock_url():
 def broker(mock_url):
     data = tempfile.mkdtemp(prefix="switchboard-py-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(PORT="0", SWITCHBOARD_DATA_DIR=data, SWITCHBOARD_ADMIN_KEY=ADMIN, SWITCHBOARD_DEMO="0", RUST_LOG="warn")
+    env.update(PORT="0", SWITCHBOARD_DATA_DIR=data, SWITCHBOARD_ADMIN_KEY=ADMIN, SWITCHBOARD_DEMO="0", RUST_LOG="warn", SWITCHBOARD_RATE_LIMIT_PER_MIN="0")
     proc, url = _spawn([str(BIN / "switchboard")], env, "switchboard listening on ")
     for model in ["sdk-model", "sdk-tools", "sdk-ollamatools", "sdk-error503"]:
         admin(url, "POST", "/admin/register", {"model_name": model, "endpoint_url": mock_url})

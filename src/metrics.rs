@@ -1,0 +1,265 @@
+//! Gateway metrics and the Prometheus text of `/metrics`. Session and backend numbers are read
+//! from the engine (its counters and the routing snapshot) when rendering; only the proxy's
+//! own counters live here.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use switchboard_actors::metrics::{label, Histogram, LATENCY_BUCKETS_MS};
+use switchboard_actors::routing::RoutingTable;
+use switchboard_actors::sessions::Sessions;
+
+/// Routes whose latency is tracked separately (others are "other").
+const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
+/// The proxy's counters.
+pub struct GatewayMetrics {
+    /// `(route, model, backend, status)` → count. A short lock per finished request.
+    requests: Mutex<HashMap<(&'static str, String, String, u16), u64>>,
+    /// Time until response headers, per route of [`ROUTES`].
+    latency: Vec<Histogram>,
+    /// Time until the first upstream body byte (the commit point).
+    ttfb: Histogram,
+    /// Proxied responses whose client went away before the end (upstream closed with them).
+    client_disconnects: AtomicU64,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::new(HashMap::new()),
+            latency: ROUTES
+                .iter()
+                .map(|_| Histogram::new(LATENCY_BUCKETS_MS))
+                .collect(),
+            ttfb: Histogram::new(LATENCY_BUCKETS_MS),
+            client_disconnects: AtomicU64::new(0),
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// Counts one finished request (committed or refused).
+    pub fn record(
+        &self,
+        route: &'static str,
+        model: &str,
+        backend: &str,
+        status: u16,
+        latency_ms: u64,
+    ) {
+        *self
+            .requests
+            .lock()
+            .entry((route, model.to_string(), backend.to_string(), status))
+            .or_insert(0) += 1;
+        if let Some(i) = ROUTES.iter().position(|r| *r == route) {
+            self.latency[i].observe_ms(latency_ms);
+        }
+    }
+
+    /// Time to the first upstream byte of a committed response.
+    pub fn observe_ttfb(&self, ms: u64) {
+        self.ttfb.observe_ms(ms);
+    }
+
+    /// A client left before its proxied response ended.
+    pub fn client_disconnected(&self) {
+        self.client_disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything `/metrics` shows.
+pub fn render(
+    gw: &GatewayMetrics,
+    sessions: &Sessions,
+    table: &RoutingTable,
+    uptime_s: u64,
+) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+
+    head(
+        &mut out,
+        "switchboard_requests_total",
+        "counter",
+        "Proxied /v1 requests by route, model, backend and status.",
+    );
+    let mut rows: Vec<_> = gw
+        .requests
+        .lock()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    rows.sort();
+    for ((route, model, backend, status), n) in rows {
+        let _ = writeln!(
+            out,
+            "switchboard_requests_total{{route=\"{route}\",model=\"{}\",backend=\"{}\",status=\"{status}\"}} {n}",
+            label(&model),
+            label(&backend)
+        );
+    }
+    head(
+        &mut out,
+        "switchboard_request_duration_seconds",
+        "histogram",
+        "Time until response headers of proxied requests.",
+    );
+    for (route, h) in ROUTES.iter().zip(&gw.latency) {
+        h.render(
+            &mut out,
+            "switchboard_request_duration_seconds",
+            &format!("route=\"{route}\""),
+        );
+    }
+    head(
+        &mut out,
+        "switchboard_upstream_ttfb_seconds",
+        "histogram",
+        "Time until the first upstream body byte (gateway commit point).",
+    );
+    gw.ttfb
+        .render(&mut out, "switchboard_upstream_ttfb_seconds", "");
+    head(
+        &mut out,
+        "switchboard_ttft_seconds",
+        "histogram",
+        "Time to first token of session model streams.",
+    );
+    sessions
+        .counters
+        .ttft
+        .render(&mut out, "switchboard_ttft_seconds", "");
+
+    let snapshot = table.snapshot();
+    let mut in_flight = 0;
+    let mut backends = Vec::new();
+    for (model, route) in snapshot.iter() {
+        for b in &route.backends {
+            let (routed, flying) = b.counters();
+            in_flight += flying;
+            backends.push((
+                model.clone(),
+                b.id.to_string(),
+                b.is_routable(),
+                b.is_active(),
+                routed,
+            ));
+        }
+    }
+    backends.sort();
+    let c = &sessions.counters;
+    let gauges: [(&str, &str, &str, u64); 10] = [
+        (
+            "switchboard_streams_in_flight",
+            "gauge",
+            "Upstream requests in flight (gateway and sessions).",
+            in_flight,
+        ),
+        (
+            "switchboard_sessions",
+            "gauge",
+            "Live thread sessions.",
+            sessions.count() as u64,
+        ),
+        (
+            "switchboard_connections",
+            "gauge",
+            "Open session connections (WebSocket and SSE).",
+            sessions.open_connections(),
+        ),
+        (
+            "switchboard_session_turns_total",
+            "counter",
+            "Session turns started.",
+            c.turns.load(Ordering::Relaxed),
+        ),
+        (
+            "switchboard_cancellations_total",
+            "counter",
+            "Session model streams cancelled.",
+            c.cancellations.load(Ordering::Relaxed),
+        ),
+        (
+            "switchboard_client_disconnects_total",
+            "counter",
+            "Proxied responses whose client left before the end.",
+            gw.client_disconnects.load(Ordering::Relaxed),
+        ),
+        (
+            "switchboard_resumes_total",
+            "counter",
+            "Session attaches that replayed from a position.",
+            c.resumes.load(Ordering::Relaxed),
+        ),
+        (
+            "switchboard_replayed_events_total",
+            "counter",
+            "Events replayed to resuming clients.",
+            c.replayed_events.load(Ordering::Relaxed),
+        ),
+        (
+            "switchboard_backends",
+            "gauge",
+            "Registered backends (including demo).",
+            backends.len() as u64,
+        ),
+        (
+            "switchboard_uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            uptime_s,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        head(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    head(
+        &mut out,
+        "switchboard_backend_up",
+        "gauge",
+        "1 when the backend is healthy and active (in the rotation).",
+    );
+    for (model, id, up, _, _) in &backends {
+        let _ = writeln!(
+            out,
+            "switchboard_backend_up{{backend=\"{id}\",model=\"{}\"}} {}",
+            label(model),
+            u8::from(*up)
+        );
+    }
+    head(
+        &mut out,
+        "switchboard_backend_active",
+        "gauge",
+        "0 when the backend was deactivated after repeated failures.",
+    );
+    for (model, id, _, active, _) in &backends {
+        let _ = writeln!(
+            out,
+            "switchboard_backend_active{{backend=\"{id}\",model=\"{}\"}} {}",
+            label(model),
+            u8::from(*active)
+        );
+    }
+    head(
+        &mut out,
+        "switchboard_backend_requests_total",
+        "counter",
+        "Requests routed to each backend.",
+    );
+    for (model, id, _, _, routed) in &backends {
+        let _ = writeln!(
+            out,
+            "switchboard_backend_requests_total{{backend=\"{id}\",model=\"{}\"}} {routed}",
+            label(model)
+        );
+    }
+    out
+}
