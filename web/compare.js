@@ -12,7 +12,8 @@
 //
 // Debug/test hook: `window.__switchboard.dropConnection()` closes the live connection abruptly
 // (as a network drop would); the page then reconnects with backoff and resumes the session.
-// `window.__switchboard.state()` reports the transport, connection status, session and last id.
+// `window.__switchboard.state()` reports the transport, connection status, session and last id;
+// `window.__switchboard.view()` returns a copy of the conversation as the page holds it.
 (function () {
   'use strict';
 
@@ -65,6 +66,13 @@
     const e = document.createElementNS(SVG_NS, tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
     return e;
+  }
+
+  /** Puts a number and its unit into a metric value (the unit smaller), e.g. "57" + " ms". */
+  function setMs(el, ms, fallback) {
+    if (ms === null || ms === undefined || !isFinite(ms)) { el.textContent = fallback || '—'; return; }
+    const [num, unit] = fmtMs(ms).split(' ');
+    el.replaceChildren(num, h('span', { class: 'unit' }, ` ${unit}`));
   }
 
   function fmtMs(ms) {
@@ -267,7 +275,7 @@
     const metrics = {
       ttft: metricBox('metric-ttft', 'TTFT', 'time to first token, from the start of the turn'),
       total: metricBox('metric-total', 'Total', 'time until the answer ended'),
-      tokens: metricBox('metric-tokens', 'Tokens', 'prompt / completion tokens'),
+      tokens: metricBox('metric-tokens', 'Tokens', 'prompt (in) / completion (out) tokens'),
       tps: metricBox('metric-tps', 'Tok/s', 'completion tokens per second after the first token'),
     };
     const backend = h('div', { class: 'panel-backend', 'data-testid': 'metric-backend' }, 'backend —');
@@ -304,7 +312,7 @@
       p.root.classList.toggle('unselected', !selected.includes(m) && !(currentTurn() && currentTurn().results[m]));
       renderPanelHead(m);
     }
-    ui.panels.classList.toggle('many', models.length > 3);
+    ui.panels.dataset.count = String(models.length);
     renderBest();
   }
 
@@ -351,28 +359,28 @@
     }
     const { turn, r } = latest;
     const running = !TERMINAL.has(r.state);
-    m.ttft.value.textContent = r.ttft_ms !== null ? fmtMs(r.ttft_ms) : (running ? '…' : '—');
-    m.ttft.sub.textContent = '';
+    setMs(m.ttft.value, r.ttft_ms, running ? '…' : '—');
+    m.ttft.sub.textContent = r.ttft_ms !== null ? 'first token' : running ? 'waiting' : '';
     if (r.total_ms !== null) {
-      m.total.value.textContent = fmtMs(r.total_ms);
-      m.total.sub.textContent = '';
+      setMs(m.total.value, r.total_ms);
+      m.total.sub.textContent = r.state === 'done' ? 'complete' : STATE_LABEL[r.state] || '';
     } else if (running) {
-      m.total.value.textContent = fmtMs(elapsedFor(turn));
-      m.total.sub.textContent = 'running';
+      setMs(m.total.value, elapsedFor(turn));
+      m.total.sub.textContent = 'running…';
     } else {
       m.total.value.textContent = '—';
       m.total.sub.textContent = '';
     }
     if (r.usage) {
       m.tokens.value.replaceChildren(String(r.usage.prompt_tokens ?? '—'), h('span', { class: 'slash' }, ' / '), String(r.usage.completion_tokens ?? '—'));
-      m.tokens.sub.textContent = r.usage.estimated ? 'estimated' : 'prompt / completion';
+      m.tokens.sub.textContent = r.usage.estimated ? 'in / out (est.)' : 'in / out';
     } else {
       m.tokens.value.textContent = r.tokens ? `~${r.tokens}` : '—';
-      m.tokens.sub.textContent = r.tokens ? 'so far' : '';
+      m.tokens.sub.textContent = r.tokens ? 'out so far' : '';
     }
     const tps = tokensPerSecond(r);
     m.tps.value.textContent = tps === null ? '—' : tps.toFixed(tps < 10 ? 1 : 0);
-    m.tps.sub.textContent = '';
+    m.tps.sub.textContent = tps === null ? '' : 'completion';
     if (r.backend) {
       p.backend.replaceChildren('backend ', h('code', { title: r.backend }, String(r.backend).slice(0, 8)));
     } else {
@@ -384,7 +392,7 @@
   function renderBest() {
     for (const p of panels.values()) for (const box of Object.values(p.metrics)) box.root.classList.remove('best');
     const turn = view.turns[view.turns.length - 1];
-    if (!turn) return;
+    if (!turn || !turn.complete) return; // judge a race only when every model has finished
     const done = turn.models.filter((m) => turn.results[m] && turn.results[m].state === 'done' && panels.has(m));
     if (done.length < 2) return;
     const pick = (key, f, better) => {
@@ -432,10 +440,11 @@
       p.transcript.insertBefore(cell.root, before);
     }
     cell.root.dataset.state = r.state;
-    cell.prompt.textContent = turn.prompt === null ? '(prompt sent from another tab)' : turn.prompt;
+    cell.prompt.textContent = turn.prompt === null ? '(prompt not known here: sent from another tab or restored from the server)' : turn.prompt;
+    cell.prompt.classList.toggle('unknown', turn.prompt === null);
     if (cell.textNode.data !== r.text) cell.textNode.data = r.text;
     cell.text.classList.toggle('empty', !r.text);
-    cell.caret.hidden = !(r.state === 'streaming' || r.state === 'waiting');
+    cell.caret.hidden = r.state !== 'streaming';
     let status = '';
     if (r.state === 'sending') status = 'sending…';
     else if (r.state === 'waiting') status = r.backend ? 'waiting for the first token…' : 'waiting for a backend…';
@@ -530,18 +539,19 @@
 
   function handleEvent(ev) {
     if (!ev || typeof ev !== 'object') return;
+    lastReceived = Date.now();
     if (typeof ev.id === 'number') {
       if (ev.id <= view.last_event_id) return; // seen already (at-least-once delivery)
       view.last_event_id = ev.id;
       markDirty();
     }
-    lastReceived = Date.now();
     const turn = ev.request_id ? findTurn(ev.request_id) : null;
     const r = turn && ev.model ? turn.results[ev.model] : null;
     switch (ev.type) {
       case 'session': onSession(ev); break;
       case 'ack': {
-        const t = ensureTurn(ev.request_id, ev.models || []);
+        const t = ensureTurn(ev.request_id, ev.models || [], typeof ev.content === 'string' ? ev.content : undefined);
+        if (t.prompt === null && typeof ev.content === 'string') t.prompt = ev.content;
         t.acked = true;
         if (Array.isArray(ev.models) && ev.models.length) {
           // the server decides which models run; drop optimistic results it did not accept
@@ -661,11 +671,15 @@
     if (['error', 'failed', 'failure'].includes(v)) return 'error';
     if (['cancelled', 'canceled', 'stopped'].includes(v)) return 'cancelled';
     if (['streaming', 'running', 'started', 'active', 'in_progress'].includes(v)) return 'streaming';
-    return 'waiting';
+    return 'waiting'; // pending
   }
 
   function onResync(ev) {
     const snap = ev.snapshot || {};
+    // `resync` has no id: the live events after it continue from the session's last id
+    if (typeof ev.id !== 'number' && sessionLastId > view.last_event_id) view.last_event_id = sessionLastId;
+    markDirty();
+    if (!ev.request_id) { renderPanels(); return; } // the session has had no turn yet
     const turn = ensureTurn(ev.request_id, Object.keys(snap));
     turn.acked = true;
     // turns before the resynced one ended while we were away
@@ -687,14 +701,13 @@
       if (s.backend) r.backend = s.backend;
       const err = s.error || metrics.error;
       if (err) r.error = typeof err === 'string' ? { code: null, message: err, retryable: false } : err;
-      if (Array.isArray(s.tools || metrics.tools)) {
-        r.tools = (s.tools || metrics.tools).map((t) => ({ id: t.tool_call_id || t.id, name: t.name, arguments: t.arguments ?? null,
+      const tools = metrics.tool_calls || metrics.tools || s.tools;
+      if (Array.isArray(tools)) {
+        r.tools = tools.map((t) => ({ id: t.tool_call_id || t.id, name: t.name, arguments: t.arguments ?? null,
           ms: typeof t.ms === 'number' ? t.ms : null, start_ts: t.ts || t.start_ts || null, state: typeof t.ms === 'number' ? 'done' : 'running' }));
       }
     }
     turn.complete = turn.models.every((m) => TERMINAL.has(turn.results[m].state));
-    if (typeof ev.id !== 'number' && sessionLastId > view.last_event_id) view.last_event_id = sessionLastId;
-    markDirty();
     // rebuild this turn's cells from scratch
     for (const p of panels.values()) {
       const c = p.cells.get(turn.request_id);
@@ -954,10 +967,12 @@
   /** After a (re)attach, a turn the server never acknowledged was lost on the way. */
   function checkUnacked() {
     if (pendingCheck) clearTimeout(pendingCheck);
+    const attachedAt = Date.now();
     pendingCheck = setTimeout(() => {
       pendingCheck = null;
       const t = currentTurn();
-      if (!t || t.acked || !conn.attached) return;
+      // only a turn sent before this attach can have been lost with the old connection
+      if (!t || t.acked || !conn.attached || !(t.local_start < attachedAt)) return;
       for (const m of t.models) {
         const r = t.results[m];
         r.state = 'error';
@@ -1141,6 +1156,7 @@
       session_id: view.session_id,
       last_event_id: view.last_event_id,
     }),
+    view: () => JSON.parse(JSON.stringify(view)),
   };
 
   restoreView();

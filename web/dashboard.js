@@ -324,7 +324,7 @@
     $('detail').dataset.id = s.registration_id;
     $('detail').dataset.health = s.health_status;
     $('detail-title').textContent = s.model_name;
-    $('detail-badges').replaceChildren(healthCell(s), s.demo ? h('span', { class: 'tag' }, 'demo') : null);
+    $('detail-badges').replaceChildren(...[healthCell(s), s.demo ? h('span', { class: 'tag' }, 'demo') : null].filter(Boolean));
     const fields = [
       ['Registration id', s.registration_id, 'mono'],
       ['Endpoint', s.endpoint_url, 'mono'],
@@ -362,9 +362,9 @@
       $('history-errors').replaceChildren();
       return;
     }
-    const W = 600;
+    const W = Math.max(280, Math.round(box.clientWidth || 600));
     const H = 90;
-    const slots = Math.max(n, 30);
+    const slots = Math.max(n, 60);
     const bw = W / slots;
     const maxLat = Math.max(1, ...history.map((c) => c.latency_ms || 0));
     const chart = svg('svg', { viewBox: `0 0 ${W} ${H + 14}`, class: 'history-svg', role: 'img', 'aria-label': `health history: ${ok} of ${n} checks ok` });
@@ -629,7 +629,7 @@
     $('pg-tools').hidden = true;
     $('pg-tools').replaceChildren();
     $('pg-error').hidden = true;
-    ['pg-ttft', 'pg-total', 'pg-tokens'].forEach((id) => pgSet(id, '—'));
+    ['pg-ttft', 'pg-total', 'pg-tokens', 'pg-tps'].forEach((id) => pgSet(id, '—'));
     pgSet('pg-status', '…');
     pgSet('pg-backend', '—');
     pgSet('pg-request-id', '—');
@@ -691,7 +691,7 @@
       } else {
         const j = await r.json();
         firstAt = performance.now();
-        pgSet('pg-ttft', 'n/a (not streamed)');
+        pgSet('pg-ttft', 'n/a');
         usage = j.usage || null;
         const msg = j.choices && j.choices[0] && j.choices[0].message;
         if (msg && msg.content) $('pg-output').append(msg.content);
@@ -702,8 +702,8 @@
       pgSet('pg-total', fmtMs(total));
       if (usage) {
         const decode = firstAt !== null && stream ? (performance.now() - firstAt) : total;
-        const tps = usage.completion_tokens && decode > 0 ? ` · ${(usage.completion_tokens / (decode / 1000)).toFixed(1)} tok/s` : '';
-        pgSet('pg-tokens', `${usage.prompt_tokens ?? '—'} / ${usage.completion_tokens ?? '—'}${tps}`);
+        pgSet('pg-tokens', `${usage.prompt_tokens ?? '—'} / ${usage.completion_tokens ?? '—'}`);
+        if (usage.completion_tokens && decode > 0) pgSet('pg-tps', (usage.completion_tokens / (decode / 1000)).toFixed(1));
       }
     } catch (e) {
       if (e.name === 'AbortError') pgError('Stopped.');
