@@ -257,10 +257,20 @@ impl Config {
             ));
         }
         if let Some(url) = &self.push_callback_url {
-            if switchboard_actors::url_policy::parse(url).is_err() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('#') {
                 return Err(invalid(
                     "SWITCHBOARD_PUSH_CALLBACK_URL",
                     "must be an http(s) URL",
+                ));
+            }
+            if self
+                .push_secret
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+            {
+                return Err(invalid(
+                    "SWITCHBOARD_PUSH_SECRET",
+                    "must be set when SWITCHBOARD_PUSH_CALLBACK_URL is (it guards /internal/send)",
                 ));
             }
         }

@@ -148,7 +148,13 @@ async fn run(config: Config) -> Result<(), String> {
         None
     };
 
+    let push = http::push::start(
+        config.push_callback_url.as_deref(),
+        config.push_secret.as_deref(),
+        config.outbound_limit_bytes,
+    )?;
     let state = web::Data::new(AppState {
+        push: push.clone(),
         proxy: ProxySettings {
             max_body_bytes: config.max_body_bytes,
             max_retries: config.max_retries,

@@ -14,10 +14,13 @@ use switchboard_actors::sessions::Sessions;
 /// Routes whose latency is tracked separately (others are "other").
 const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
+/// `(route, model, backend, status)`, the labels of `switchboard_requests_total`.
+type RequestKey = (&'static str, String, String, u16);
+
 /// The proxy's counters.
 pub struct GatewayMetrics {
-    /// `(route, model, backend, status)` → count. A short lock per finished request.
-    requests: Mutex<HashMap<(&'static str, String, String, u16), u64>>,
+    /// Request counts by labels. A short lock per finished request.
+    requests: Mutex<HashMap<RequestKey, u64>>,
     /// Time until response headers, per route of [`ROUTES`].
     latency: Vec<Histogram>,
     /// Time until the first upstream body byte (the commit point).
@@ -262,4 +265,77 @@ pub fn render(
         );
     }
     out
+}
+
+/// The push gateway's counters (only when it is enabled).
+pub fn render_push(out: &mut String, p: &switchboard_actors::push::PushStats) {
+    let rows: [(&str, &str, &str, u64); 8] = [
+        (
+            "switchboard_push_connections",
+            "gauge",
+            "Open push gateway connections.",
+            p.connections_open,
+        ),
+        (
+            "switchboard_push_connections_total",
+            "counter",
+            "Push connections accepted.",
+            p.connections_total,
+        ),
+        (
+            "switchboard_push_connects_rejected_total",
+            "counter",
+            "Push connects the application rejected.",
+            p.connects_rejected,
+        ),
+        (
+            "switchboard_push_connect_errors_total",
+            "counter",
+            "Push connects whose callback failed or timed out.",
+            p.connect_errors,
+        ),
+        (
+            "switchboard_push_callbacks_ok_total",
+            "counter",
+            "Callbacks the application answered.",
+            p.callbacks_ok,
+        ),
+        (
+            "switchboard_push_callbacks_failed_total",
+            "counter",
+            "Callbacks that failed after retries.",
+            p.callbacks_failed,
+        ),
+        (
+            "switchboard_push_sends_total",
+            "counter",
+            "/internal/send calls delivered.",
+            p.sends_ok,
+        ),
+        (
+            "switchboard_push_sends_not_found_total",
+            "counter",
+            "/internal/send calls for unknown tokens.",
+            p.sends_not_found,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let d = &p.disconnects;
+    let _ = writeln!(out, "# HELP switchboard_push_disconnects_total Push disconnects by reason.\n# TYPE switchboard_push_disconnects_total counter");
+    for (reason, n) in [
+        ("client_closed", d.client_closed),
+        ("server_closed", d.server_closed),
+        ("error", d.error),
+        ("shutdown", d.shutdown),
+    ] {
+        let _ = writeln!(
+            out,
+            "switchboard_push_disconnects_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
 }

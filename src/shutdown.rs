@@ -62,6 +62,9 @@ pub async fn drain(state: &AppState, server: &ServerHandle, drain_timeout: Durat
     state
         .sessions
         .close_all_connections(1001, "server shutting down; reconnect");
+    if let Some(push) = &state.push {
+        push.shutdown().await;
+    }
     server.pause().await;
     let started = tokio::time::Instant::now();
     let mut left = in_flight(state);

@@ -20,6 +20,8 @@ pub struct AppState {
     pub supervisor: Addr<HealthSupervisor>,
     /// Live thread sessions (shared by both session transports).
     pub sessions: Arc<Sessions>,
+    /// The push gateway (SPEC §6); `None` when `SWITCHBOARD_PUSH_CALLBACK_URL` is unset.
+    pub push: Option<Arc<switchboard_actors::push::PushHub>>,
     pub admin_key: String,
     pub ui_credentials: UiCredentials,
     /// Per-connection outbound queue bound (slow consumers are closed with 4009 past it).

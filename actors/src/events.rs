@@ -67,6 +67,8 @@ pub enum EventBody {
     Ack {
         request_id: String,
         models: Vec<String>,
+        /// The prompt, so a second tab or a reloaded page can show what was asked.
+        content: String,
     },
     Start {
         request_id: String,

@@ -18,6 +18,7 @@
 //! - [`model_stream`]: one actor per model per turn; stopping it cancels the upstream.
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
+//! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
 
 pub mod backend;
 pub mod buffer;
@@ -26,6 +27,7 @@ pub mod history;
 pub mod metrics;
 pub mod model_stream;
 pub mod openai_stream;
+pub mod push;
 pub mod record;
 pub mod registry;
 pub mod routing;

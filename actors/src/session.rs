@@ -204,6 +204,7 @@ impl Session {
         self.emit(EventBody::Ack {
             request_id: send.request_id.clone(),
             models: models.clone(),
+            content: send.content.clone(),
         });
         for model in &models {
             let spec = StreamSpec {
@@ -351,6 +352,7 @@ impl Session {
             history: self.history.summary().into_iter().collect(),
             turn: turn.map(|t| TurnState {
                 request_id: t.request_id.clone(),
+                prompt: t.prompt.clone(),
                 models: t.models.clone(),
                 started_at: t.started_ms,
                 snapshot: t.snapshot(),
@@ -658,6 +660,8 @@ pub struct SessionState {
 #[derive(Debug, Clone, Serialize)]
 pub struct TurnState {
     pub request_id: String,
+    /// The prompt of the turn.
+    pub prompt: String,
     pub models: Vec<String>,
     pub started_at: u64,
     pub snapshot: BTreeMap<String, ModelSnapshot>,

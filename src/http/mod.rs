@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod openai;
 pub mod ops;
+pub mod push;
 pub mod relay;
 pub mod sse;
 pub mod ui;
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     ui::configure(cfg);
     ws::configure(cfg);
     sse::configure(cfg);
+    push::configure(cfg);
 }
 
 /// Unknown routes answer in the same error shape as everything else.

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::auth;
 use crate::errors::{route_error, ApiError};
-use crate::http::relay::{RelayBody, RelayTimers, UpstreamBody};
+use crate::http::relay::{RelayBody, RelayTimers, RequestSide, UpstreamBody, UpstreamSide};
 use crate::state::{AppState, WorkerClient};
 
 /// Response header naming the backend that served a proxied request.
@@ -385,16 +385,18 @@ fn respond(
         deadline: arrived + state.proxy.total_timeout,
         keepalive: state.proxy.keepalive,
     };
-    let relay = RelayBody::new(
-        Arc::clone(&state.metrics),
-        c.rest,
-        c.first,
-        c.is_sse,
-        c.content_length,
-        timers,
+    let upstream = UpstreamSide {
+        body: c.rest,
+        first: c.first,
+        is_sse: c.is_sse,
+        expected_len: c.content_length,
+    };
+    let request = RequestSide {
         guard,
-        request_id.to_string(),
-    );
+        request_id: request_id.to_string(),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let relay = RelayBody::new(upstream, timers, request);
     match c.content_length {
         Some(len) if !c.is_sse => resp.body(SizedStream::new(len, relay)),
         _ => resp.body(BodyStream::new(relay)),

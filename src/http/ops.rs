@@ -18,12 +18,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Prometheus text; admin key required (it names backends and models).
 async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     auth::require_admin(req.headers(), &state.admin_key)?;
-    let text = crate::metrics::render(
+    let mut text = crate::metrics::render(
         &state.metrics,
         &state.sessions,
         &state.table,
         state.started.elapsed().as_secs(),
     );
+    if let Some(push) = &state.push {
+        crate::metrics::render_push(&mut text, &push.stats());
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))

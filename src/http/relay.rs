@@ -37,6 +37,24 @@ pub struct RelayTimers {
     pub keepalive: Duration,
 }
 
+/// What arrived from the backend at commit time.
+pub struct UpstreamSide {
+    pub body: UpstreamBody,
+    /// The chunk that committed the response, if one did.
+    pub first: Option<Bytes>,
+    /// `text/event-stream` (keep-alives and error events apply).
+    pub is_sse: bool,
+    /// The declared `Content-Length`, if any.
+    pub expected_len: Option<u64>,
+}
+
+/// Who the relay answers to: the request's id, its backend slot, the counters.
+pub struct RequestSide {
+    pub guard: InFlightGuard,
+    pub request_id: String,
+    pub metrics: Arc<GatewayMetrics>,
+}
+
 /// See the module docs.
 pub struct RelayBody {
     upstream: UpstreamBody,
@@ -79,16 +97,18 @@ impl Drop for RelayBody {
 
 impl RelayBody {
     /// Wraps an upstream body whose first chunk (if any) already arrived.
-    pub fn new(
-        metrics: Arc<GatewayMetrics>,
-        upstream: UpstreamBody,
-        first: Option<Bytes>,
-        is_sse: bool,
-        expected_len: Option<u64>,
-        timers: RelayTimers,
-        guard: InFlightGuard,
-        request_id: String,
-    ) -> Self {
+    pub fn new(upstream: UpstreamSide, timers: RelayTimers, request: RequestSide) -> Self {
+        let UpstreamSide {
+            body: upstream,
+            first,
+            is_sse,
+            expected_len,
+        } = upstream;
+        let RequestSide {
+            guard,
+            request_id,
+            metrics,
+        } = request;
         Self {
             metrics,
             done_marker: DoneMarker::default(),

@@ -15,14 +15,20 @@ struct Asset {
     path: &'static str,
     body: &'static str,
     content_type: &'static str,
+    /// Served without the UI credentials (the API reference holds no secrets).
+    public: bool,
 }
 
 macro_rules! asset {
     ($path:expr, $file:expr, $ct:expr) => {
+        asset!($path, $file, $ct, false)
+    };
+    ($path:expr, $file:expr, $ct:expr, $public:expr) => {
         Asset {
             path: $path,
             body: include_str!(concat!("../../web/", $file)),
             content_type: $ct,
+            public: $public,
         }
     };
 }
@@ -30,6 +36,7 @@ macro_rules! asset {
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// Every file the UI serves. Add a line here when adding a file to `web/`.
 static ASSETS: &[Asset] = &[
@@ -39,6 +46,10 @@ static ASSETS: &[Asset] = &[
     asset!("/static/style.css", "style.css", CSS),
     asset!("/static/compare.js", "compare.js", JS),
     asset!("/static/dashboard.js", "dashboard.js", JS),
+    asset!("/docs", "docs.html", HTML, true),
+    asset!("/static/docs.js", "docs.js", JS, true),
+    asset!("/static/docs.css", "docs.css", CSS, true),
+    asset!("/openapi.json", "openapi.json", JSON, true),
 ];
 
 /// Routes for every embedded asset.
@@ -46,13 +57,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     for asset in ASSETS {
         cfg.route(asset.path, web::get().to(serve));
     }
+    cfg.route("/favicon.ico", web::get().to(no_icon));
+}
+
+/// Browsers ask for an icon on every page; an empty answer keeps their consoles clean.
+async fn no_icon() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::CACHE_CONTROL, "max-age=86400"))
+        .finish()
 }
 
 async fn serve(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let Some(asset) = ASSETS.iter().find(|a| a.path == req.path()) else {
         return HttpResponse::NotFound().finish();
     };
-    if !crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
+    if !asset.public && !crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
         let err = ApiError::unauthorized("this page needs the UI credentials (HTTP Basic)")
             .basic_challenge();
         return actix_web::ResponseError::error_response(&err);

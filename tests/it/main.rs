@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod docs;
 mod gateway;
 mod harness;
 mod health;
 mod ops;
 mod persistence;
+mod push;
 mod resume;
 mod sessions;
 mod startup;

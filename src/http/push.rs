@@ -1,0 +1,316 @@
+//! The push gateway's HTTP side (SPEC §6): `GET /push/<any path>` holds an application's SSE
+//! client, `POST /internal/send` lets the application push to it by token. The registry,
+//! ordering and callbacks live in `switchboard_actors::push`; this module maps them to HTTP.
+//!
+//! Off (every route 404) unless `SWITCHBOARD_PUSH_CALLBACK_URL` is set.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_actors::push::{
+    encode_event, ConnectError, PushConnection, PushEvent, PushHub, SendError,
+};
+use switchboard_actors::sessions::ConnectionSlot;
+use tokio::time::{interval_at, Instant, Interval};
+
+use crate::auth::{bearer, constant_time_eq};
+use crate::errors::ApiError;
+use crate::http::openai::read_body;
+use crate::state::AppState;
+
+/// `: heartbeat` comment cadence on idle push streams (keeps proxies from timing them out).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events batched into one write at most (bytes), so one busy client cannot hog a worker.
+const BATCH_LIMIT: usize = 64 * 1024;
+
+/// Routes of the push gateway (registered always; they answer 404 while it is off).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/push/{tail:.*}", web::get().to(connect))
+        .route("/internal/send", web::post().to(send));
+}
+
+fn hub<'a>(state: &'a AppState, req: &HttpRequest) -> Result<&'a Arc<PushHub>, ApiError> {
+    state.push.as_ref().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no route for {} {} (the push gateway is off: set SWITCHBOARD_PUSH_CALLBACK_URL)",
+            req.method(),
+            req.path()
+        ))
+    })
+}
+
+/// The client's request headers as one JSON object (lowercase names; repeated headers joined
+/// with `, `, cookies with `; `). `Authorization` and `Cookie` are passed on as they are: the
+/// application needs them to decide who connected, and the callback URL is the operator's.
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        let sep = if name == header::COOKIE { "; " } else { ", " };
+        let joined = headers
+            .get_all(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(sep);
+        map.insert(name.as_str().to_string(), Value::String(joined));
+    }
+    Value::Object(map)
+}
+
+/// A non-2xx connect answer becomes the client's status; a status that cannot stand as an
+/// error (1xx, 3xx) becomes 502.
+fn rejected(status: u16) -> ApiError {
+    let code = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    ApiError::with_status(
+        code,
+        "push_rejected",
+        format!("the application rejected this connection (its callback answered HTTP {status})"),
+    )
+}
+
+async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let hub = hub(&state, &req)?;
+    if state.sessions.is_draining() || hub.is_shutting_down() {
+        return Err(ApiError::unavailable("server is draining; reconnect later"));
+    }
+    let ip = crate::http::client_ip(&req, state.trust_proxy);
+    let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
+        ApiError::rate_limited("too many streaming connections from this address", 5)
+    })?;
+    let url = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_string(), |pq| pq.as_str().to_string());
+    let request = json!({"url": url, "headers": headers_json(req.headers())});
+    let mut conn = hub
+        .open(request)
+        .map_err(|_| ApiError::unavailable("server is draining; reconnect later"))?;
+    // Logged without the query: it may carry the client's own credentials.
+    let path = req.path();
+    match conn.connect().await {
+        Ok(accepted) => {
+            log::info!("push token={} ip={ip} path={path} connected", conn.token());
+            let body = PushBody {
+                conn,
+                first: accepted.event,
+                close_after_first: accepted.close,
+                finished: false,
+                heartbeat: interval_at(Instant::now() + HEARTBEAT, HEARTBEAT),
+                _slot: slot,
+                ip,
+            };
+            Ok(HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .streaming(body))
+        }
+        Err(ConnectError::Rejected(status)) => {
+            log::info!("push ip={ip} path={path} rejected by the application (HTTP {status})");
+            Err(rejected(status))
+        }
+        Err(ConnectError::Timeout) => {
+            log::warn!("push ip={ip} path={path}: the connect callback timed out; 504");
+            Err(ApiError::with_status(
+                StatusCode::GATEWAY_TIMEOUT,
+                "push_callback_timeout",
+                "the application's connect callback did not answer in time",
+            ))
+        }
+        Err(ConnectError::Unreachable(e)) => {
+            log::warn!("push ip={ip} path={path}: the connect callback failed ({e}); 502");
+            Err(ApiError::with_status(
+                StatusCode::BAD_GATEWAY,
+                "push_callback_failed",
+                "the application's connect callback could not be reached",
+            ))
+        }
+        Err(ConnectError::Gone) => {
+            Err(ApiError::unavailable("server is draining; reconnect later"))
+        }
+    }
+}
+
+/// The `/internal/send` body. Unknown fields are refused (a typo such as `"clsoe"` must not
+/// pass silently).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    token: String,
+    event: Option<PushEvent>,
+    #[serde(default)]
+    close: bool,
+}
+
+/// The secret from `Authorization: Bearer` or `?secret=`, compared in constant time. 401 is
+/// answered here and nowhere else in the push gateway.
+fn authorize(req: &HttpRequest, hub: &PushHub) -> Result<(), ApiError> {
+    let from_query = || {
+        web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("secret").cloned())
+    };
+    let given = bearer(req.headers())
+        .map(str::to_string)
+        .or_else(from_query);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), hub.secret().as_bytes()) => Ok(()),
+        Some(_) => {
+            Err(ApiError::unauthorized("invalid push secret").with_code("invalid_push_secret"))
+        }
+        None => Err(ApiError::unauthorized(
+            "push secret required: send Authorization: Bearer <secret> or ?secret=<secret>",
+        )
+        .with_code("invalid_push_secret")),
+    }
+}
+
+async fn send(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let hub = hub(&state, &req)?;
+    authorize(&req, hub)?;
+    let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
+    let b: SendBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?;
+    if b.event.is_none() && !b.close {
+        return Err(ApiError::invalid_param(
+            "event",
+            "`event` is required (unless `close` is true)",
+        ));
+    }
+    let event = b
+        .event
+        .as_ref()
+        .map(encode_event)
+        .transpose()
+        .map_err(|e| ApiError::invalid_param("event", e))?;
+    match hub.send(&b.token, event, b.close) {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({"ok": true}))),
+        Err(SendError::UnknownToken) => Err(ApiError::not_found(
+            "no open push connection has this token",
+        )
+        .with_code("unknown_token")),
+        Err(SendError::SlowConsumer) => Err(ApiError::not_found(
+            "the connection was closed: its client could not keep up (reason `error`)",
+        )
+        .with_code("unknown_token")),
+    }
+}
+
+/// The `text/event-stream` body of one push client: the connect answer's event first, then the
+/// token's queue in order. Dropping it (client gone, stream ended, server stopping) reports the
+/// disconnect through the `PushConnection` guard and frees the connection slot.
+struct PushBody {
+    conn: PushConnection,
+    first: Option<Bytes>,
+    close_after_first: bool,
+    finished: bool,
+    heartbeat: Interval,
+    _slot: ConnectionSlot,
+    ip: IpAddr,
+}
+
+impl PushBody {
+    fn finish_by_server(&mut self) {
+        self.finished = true;
+        self.conn.mark_server_closed();
+    }
+}
+
+impl Stream for PushBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let mut batch = Vec::new();
+        if let Some(first) = this.first.take() {
+            batch.extend_from_slice(&first);
+        }
+        if this.close_after_first {
+            this.finish_by_server();
+        }
+        while !this.finished && batch.len() < BATCH_LIMIT {
+            match this.conn.poll_frame(cx) {
+                Poll::Ready(Some(frame)) => {
+                    batch.extend_from_slice(&frame.bytes);
+                    if frame.close {
+                        this.finish_by_server();
+                    }
+                }
+                // The hub dropped the connection (shutdown, slow consumer): it has reported it.
+                Poll::Ready(None) => this.finished = true,
+                Poll::Pending => break,
+            }
+        }
+        if !batch.is_empty() {
+            this.heartbeat.reset();
+            return Poll::Ready(Some(Ok(Bytes::from(batch))));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.heartbeat.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Bytes::from_static(b": heartbeat\n\n"))));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for PushBody {
+    fn drop(&mut self) {
+        log::debug!(
+            "push token={} ip={} stream closed",
+            self.conn.token(),
+            self.ip
+        );
+    }
+}
+
+/// Starts the push gateway when `SWITCHBOARD_PUSH_CALLBACK_URL` is set (`None` otherwise).
+/// A callback URL without `SWITCHBOARD_PUSH_SECRET` is refused: `/internal/send` would be
+/// open to anyone who can reach the broker. `queue_limit` bounds each client's queued bytes.
+pub fn start(
+    callback_url: Option<&str>,
+    secret: Option<&str>,
+    queue_limit: usize,
+) -> Result<Option<Arc<PushHub>>, String> {
+    let Some(url) = callback_url.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return Err(
+            "SWITCHBOARD_PUSH_SECRET: must be set when SWITCHBOARD_PUSH_CALLBACK_URL is".into(),
+        );
+    };
+    let hub = PushHub::start(switchboard_actors::push::PushSettings {
+        callback_url: url.to_string(),
+        secret: secret.to_string(),
+        callback_timeout: switchboard_actors::push::CALLBACK_TIMEOUT,
+        queue_limit,
+    })
+    .map_err(|e| format!("cannot start the push gateway: {e}"))?;
+    log::info!(
+        "push gateway on: callbacks to {}",
+        switchboard_actors::push::strip_query(url)
+    );
+    Ok(Some(hub))
+}
