@@ -120,6 +120,91 @@ async fn health_reports_backends() {
     assert!(body["version"].is_string() && body["uptime_s"].is_u64());
 }
 
+/// The README's first command, read from the README itself.
+fn readme_run_command() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let block = readme
+        .split("```sh")
+        .nth(1)
+        .expect("a sh block on the first screen");
+    block
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .split('#')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+#[actix_rt::test]
+async fn the_readme_first_command_runs_local_mode_with_the_demo_models() {
+    // The first command is `cargo run --release`: the binary with no configuration at all.
+    assert_eq!(readme_run_command(), "cargo run --release");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .unwrap_or_default();
+    let first_screen: String = readme.lines().take(25).collect::<Vec<_>>().join("\n");
+    assert!(
+        first_screen.contains("bash .ci/run"),
+        "the test command is on the first screen"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") || k == "PORT" {
+            cmd.env_remove(k);
+        }
+    }
+    // Only what a test must change: a free port and a scratch working directory (./data).
+    cmd.current_dir(dir.path())
+        .arg("--port")
+        .arg("0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let url = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("switchboard listening on ")
+                    .map(str::to_string)
+            })
+    })
+    .join()
+    .ok()
+    .flatten()
+    .expect("listening line");
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "local mode binds loopback: {url}"
+    );
+    let (_, models) = request("GET", &format!("{url}/v1/models"), &[], None).await;
+    let ids: Vec<String> = models["data"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    for demo in ["demo-fast", "demo-slow-thinker", "demo-tools", "demo-flaky"] {
+        assert!(ids.iter().any(|i| i == demo), "{demo} missing from {ids:?}");
+    }
+    assert!(
+        dir.path().join("data").join("admin_key").exists(),
+        "data under ./data by default"
+    );
+}
+
 #[actix_rt::test]
 async fn local_mode_serves_the_demo_models() {
     let broker = Broker::start(&[("SWITCHBOARD_DEMO", "1")]);
