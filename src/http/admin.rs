@@ -5,9 +5,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
+use switchboard_actors::record::ServerView;
 use switchboard_actors::supervisor::{
-    ActivateServer, Delete, Filter, ForceCheck, Get, List, Patch, Register, Registration, Stats,
-    Update,
+    ActivateServer, AdminError, Delete, Filter, ForceCheck, Get, HealthSupervisor, List, Patch,
+    Register, Registration, Stats, Update,
 };
 use uuid::Uuid;
 
@@ -231,19 +232,33 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(json!({"total": servers.len(), "servers": servers})))
 }
 
+/// Sends the supervisor a message about one server and answers with its record.
+async fn on_server<M>(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    message: fn(Uuid) -> M,
+) -> Result<HttpResponse, ApiError>
+where
+    M: actix::Message<Result = Result<ServerView, AdminError>> + Send + 'static,
+    HealthSupervisor: actix::Handler<M>,
+{
+    auth::require_admin(req.headers(), &state.admin_key)?;
+    let id = parse_id(&path)?;
+    let view = state
+        .supervisor
+        .send(message(id))
+        .await
+        .map_err(mailbox_error)??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
 async fn get(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
-    let id = parse_id(&path)?;
-    let view = state
-        .supervisor
-        .send(Get(id))
-        .await
-        .map_err(mailbox_error)??;
-    Ok(HttpResponse::Ok().json(view))
+    on_server(req, path, state, Get).await
 }
 
 async fn health_check(
@@ -251,14 +266,7 @@ async fn health_check(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
-    let id = parse_id(&path)?;
-    let view = state
-        .supervisor
-        .send(ForceCheck(id))
-        .await
-        .map_err(mailbox_error)??;
-    Ok(HttpResponse::Ok().json(view))
+    on_server(req, path, state, ForceCheck).await
 }
 
 async fn activate(
@@ -266,14 +274,7 @@ async fn activate(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
-    let id = parse_id(&path)?;
-    let view = state
-        .supervisor
-        .send(ActivateServer(id))
-        .await
-        .map_err(mailbox_error)??;
-    Ok(HttpResponse::Ok().json(view))
+    on_server(req, path, state, ActivateServer).await
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

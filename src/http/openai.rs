@@ -33,36 +33,19 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Routes under `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/models", web::get().to(list_models))
-        .route("/v1/chat/completions", web::post().to(chat_completions))
-        .route("/v1/completions", web::post().to(completions))
-        .route("/v1/embeddings", web::post().to(embeddings));
+        .route("/v1/chat/completions", proxied(Endpoint::Chat))
+        .route("/v1/completions", proxied(Endpoint::Completions))
+        .route("/v1/embeddings", proxied(Endpoint::Embeddings));
 }
 
-async fn chat_completions(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-    client: web::Data<WorkerClient>,
-) -> Result<HttpResponse, ApiError> {
-    proxy(req, body, state, client, Endpoint::Chat).await
-}
-
-async fn completions(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-    client: web::Data<WorkerClient>,
-) -> Result<HttpResponse, ApiError> {
-    proxy(req, body, state, client, Endpoint::Completions).await
-}
-
-async fn embeddings(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-    client: web::Data<WorkerClient>,
-) -> Result<HttpResponse, ApiError> {
-    proxy(req, body, state, client, Endpoint::Embeddings).await
+/// A POST route proxying to `endpoint`.
+fn proxied(endpoint: Endpoint) -> actix_web::Route {
+    web::post().to(
+        move |req: HttpRequest,
+              body: web::Payload,
+              state: web::Data<AppState>,
+              client: web::Data<WorkerClient>| proxy(req, body, state, client, endpoint),
+    )
 }
 
 /// The proxied endpoints; each knows its upstream path and required fields.
