@@ -25,13 +25,14 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
             let Some((route, rest)) = piece.split_once('"') else {
                 continue;
             };
-            let Some(method) = rest
-                .trim_start_matches(", ")
-                .strip_prefix("web::")
-                .and_then(|m| m.split('(').next())
-            else {
-                continue;
+            let rest = rest.trim_start_matches(", ");
+            // `proxied(..)` is the gateway's POST route builder (src/http/openai.rs).
+            let method = if rest.starts_with("proxied(") {
+                Some("post")
+            } else {
+                rest.strip_prefix("web::").and_then(|m| m.split('(').next())
             };
+            let Some(method) = method else { continue };
             if ["get", "post", "put", "delete"].contains(&method) {
                 out.insert((method.to_string(), normalise(route)));
             }
