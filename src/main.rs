@@ -35,7 +35,7 @@ use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::session::SessionSettings;
 use switchboard_actors::sessions::Sessions;
 use switchboard_actors::supervisor::{Flush, HealthSupervisor, SupervisorConfig};
-use switchboard_actors::upstream::{build_client, UpstreamConfig};
+use switchboard_actors::upstream::UpstreamConfig;
 
 use crate::config::Config;
 use crate::http::openai::ProxySettings;
@@ -184,9 +184,13 @@ async fn run(config: Config) -> Result<(), String> {
 
     let app_state = state.clone();
     let mut server = HttpServer::new(move || {
+        // This worker's one upstream client (shared by the gateway and the model streams of the
+        // sessions it hosts), built now rather than on the first request: creating the TLS
+        // connector parses the CA bundle (~40 ms) and would stall that first turn.
+        let client = switchboard_actors::upstream::thread_client();
         App::new()
             .app_data(app_state.clone())
-            .app_data(web::Data::new(WorkerClient(build_client(&upstream))))
+            .app_data(web::Data::new(WorkerClient(client)))
             .configure(http::configure)
             .default_service(web::to(http::not_found))
     })

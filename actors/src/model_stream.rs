@@ -23,6 +23,12 @@ use crate::routing::{RouteError, RoutingTable};
 use crate::sse::SseParser;
 use crate::upstream;
 
+/// After `[DONE]`, read at most this much more to reach the end of the body (see
+/// [`drain_to_end`]).
+const DRAIN_BYTES: usize = 64 * 1024;
+/// ...and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
 /// Why a stream (or a session) stopped; logged once, where the stop is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -340,6 +346,7 @@ where
                         usage,
                         finish_reason: interp.finish_reason.clone(),
                     });
+                    drain_to_end(&mut resp).await;
                     return Attempt::Finished(StopReason::Completed);
                 }
                 Output::UpstreamError(message) => {
@@ -364,6 +371,23 @@ where
                 "stream ended without data: [DONE] (connection lost)".into(),
                 StopReason::UpstreamError,
             );
+        }
+    }
+}
+
+/// Reads what follows `[DONE]` (the chunked-encoding end) so awc hands the connection back to
+/// its keep-alive pool instead of closing it; bounded, so a backend that keeps talking after
+/// `[DONE]` cannot hold the stream open.
+async fn drain_to_end<S>(resp: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let mut budget = DRAIN_BYTES;
+    let deadline = Instant::now() + DRAIN_TIME;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, resp.next()).await {
+        budget = budget.saturating_sub(chunk.len());
+        if budget == 0 {
+            break;
         }
     }
 }

@@ -6,6 +6,10 @@
 //! every one `index: 0`. Both are handled by one rule: a delta with an `id` that differs from
 //! the open call at that index starts a new call (closing the previous one).
 
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::events::Usage;
@@ -28,6 +32,65 @@ pub enum Output {
     Done,
     /// The backend reported an error inside the stream.
     UpstreamError(String),
+}
+
+/// The parts of one chunk the interpreter uses, whichever parse produced them.
+struct Seen<'a> {
+    content: Option<&'a str>,
+    tool_calls: &'a [Value],
+    finish_reason: Option<&'a str>,
+    usage: Option<Usage>,
+}
+
+/// The usual `chat.completion.chunk` (and legacy completion) shape, borrowed where possible.
+#[derive(Deserialize)]
+struct FastChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<FastChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<FastUsage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct FastChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<FastDelta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FastDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct FastUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl FastUsage {
+    fn into_usage(self) -> Usage {
+        let (p, c) = (
+            self.prompt_tokens.unwrap_or(0),
+            self.completion_tokens.unwrap_or(0),
+        );
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: self.total_tokens.unwrap_or(p + c),
+            estimated: false,
+        }
+    }
 }
 
 struct OpenCall {
@@ -61,11 +124,29 @@ impl ChunkInterpreter {
             out.push(Output::Done);
             return;
         }
+        // Fast path: a typed, borrowing parse of the usual chunk shape (no `Value` tree per
+        // token). Anything unusual falls back to the general parse below.
+        if let Ok(chunk) = serde_json::from_str::<FastChunk>(data) {
+            if chunk.error.is_none() {
+                let choice = chunk.choices.as_deref().and_then(<[FastChoice]>::first);
+                let delta = choice.and_then(|c| c.delta.as_ref());
+                let seen = Seen {
+                    content: delta
+                        .and_then(|d| d.content.as_deref())
+                        .or_else(|| choice.and_then(|c| c.text.as_deref())),
+                    tool_calls: delta.and_then(|d| d.tool_calls.as_deref()).unwrap_or(&[]),
+                    finish_reason: choice.and_then(|c| c.finish_reason.as_deref()),
+                    usage: chunk.usage.map(FastUsage::into_usage),
+                };
+                self.apply(seen, now_ms, out);
+                return;
+            }
+        }
         let Ok(chunk) = serde_json::from_str::<Value>(data) else {
             self.malformed += 1;
             return;
         };
-        if let Some(err) = chunk.get("error") {
+        if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
             let message = err
                 .get("message")
                 .and_then(Value::as_str)
@@ -74,44 +155,48 @@ impl ChunkInterpreter {
             out.push(Output::UpstreamError(message));
             return;
         }
-        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-            let (p, c) = (n("prompt_tokens"), n("completion_tokens"));
-            let total = u
-                .get("total_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(p + c);
-            self.usage = Some(Usage {
-                prompt_tokens: p,
-                completion_tokens: c,
-                total_tokens: total,
-                estimated: false,
-            });
-        }
-        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
-            return;
+        let usage = chunk.get("usage").filter(|u| u.is_object()).map(|u| {
+            let n = |k: &str| u.get(k).and_then(Value::as_u64);
+            FastUsage {
+                prompt_tokens: n("prompt_tokens"),
+                completion_tokens: n("completion_tokens"),
+                total_tokens: n("total_tokens"),
+            }
+            .into_usage()
+        });
+        let choice = chunk.get("choices").and_then(|c| c.get(0));
+        let delta = choice.and_then(|c| c.get("delta"));
+        let no_calls = Vec::new();
+        let seen = Seen {
+            content: delta
+                .and_then(|d| d.get("content"))
+                .or_else(|| choice.and_then(|c| c.get("text")))
+                .and_then(Value::as_str),
+            tool_calls: delta
+                .and_then(|d| d.get("tool_calls"))
+                .and_then(Value::as_array)
+                .unwrap_or(&no_calls),
+            finish_reason: choice
+                .and_then(|c| c.get("finish_reason"))
+                .and_then(Value::as_str),
+            usage,
         };
-        if let Some(delta) = choice.get("delta") {
-            if let Some(text) = delta.get("content").and_then(Value::as_str) {
-                if !text.is_empty() {
-                    self.deltas += 1;
-                    out.push(Output::Content(text.to_string()));
-                }
-            }
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                for call in calls {
-                    self.deltas += 1;
-                    self.tool_delta(call, now_ms, out);
-                }
-            }
-        } else if let Some(text) = choice.get("text").and_then(Value::as_str) {
-            // Legacy completions stream.
-            if !text.is_empty() {
-                self.deltas += 1;
-                out.push(Output::Content(text.to_string()));
-            }
+        self.apply(seen, now_ms, out);
+    }
+
+    fn apply(&mut self, seen: Seen<'_>, now_ms: u64, out: &mut Vec<Output>) {
+        if let Some(usage) = seen.usage {
+            self.usage = Some(usage);
         }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(text) = seen.content.filter(|t| !t.is_empty()) {
+            self.deltas += 1;
+            out.push(Output::Content(text.to_string()));
+        }
+        for call in seen.tool_calls {
+            self.deltas += 1;
+            self.tool_delta(call, now_ms, out);
+        }
+        if let Some(reason) = seen.finish_reason {
             self.finish_reason = Some(reason.to_string());
             self.close_all(now_ms, out);
         }

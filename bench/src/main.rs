@@ -10,7 +10,9 @@
 
 mod client;
 mod load;
+mod sessions;
 mod targets;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +35,9 @@ const ALL_TARGETS: [&str; 3] = ["direct", "switchboard", "nginx"];
 #[derive(Debug, Parser)]
 #[command(name = "bench", about, long_about = None)]
 struct Args {
+    /// Without a subcommand: the gateway bench (direct vs switchboard vs nginx).
+    #[command(subcommand)]
+    command: Option<Mode>,
     /// Small counts for a smoke run (< 30 s in total).
     #[arg(long)]
     quick: bool,
@@ -96,6 +101,13 @@ struct Args {
     cancel_model: String,
 }
 
+/// Other benchmarks.
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// WebSocket thread sessions: idle memory, fan-out latency, cancel, replay.
+    Sessions(sessions::SessionsArgs),
+}
+
 /// Counts and limits derived from the flags.
 #[derive(Debug, Clone)]
 struct Plan {
@@ -152,7 +164,10 @@ impl Plan {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Mode::Sessions(s)) = args.command.take() {
+        return sessions_main(s);
+    }
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -178,6 +193,44 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
         }
     });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sessions_main(args: sessions::SessionsArgs) -> ExitCode {
+    let idle = args.idle.unwrap_or(if args.quick { 500 } else { 10_000 });
+    let (nofile, note) = sessions::ensure_nofile(idle as u64 + 500);
+    let runtime = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let notes: Vec<String> = note.into_iter().collect();
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = sessions::run(args, nofile, notes) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
+        }
+    });
+    // Connection tasks may still hold sockets; do not wait for them.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -568,6 +621,7 @@ async fn run(args: Args) -> Result<(), String> {
                 let started = Switchboard::start(&SwitchboardOpts {
                     binary: &sb_path,
                     workers: args.proxy_workers,
+                    extra_env: &[],
                 });
                 let sb = match started {
                     Ok(sb) => sb,

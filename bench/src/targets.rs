@@ -87,7 +87,7 @@ impl Drop for ChildGuard {
 /// A running switchboard (fields drop in order: process first, then its dir).
 #[derive(Debug)]
 pub struct Switchboard {
-    _child: ChildGuard,
+    child: ChildGuard,
     /// Listening address.
     pub addr: SocketAddr,
     /// Admin key it was started with.
@@ -102,6 +102,8 @@ pub struct SwitchboardOpts<'a> {
     pub binary: &'a Path,
     /// `SWITCHBOARD_WORKERS`.
     pub workers: usize,
+    /// More environment variables (set after the defaults, so they override them).
+    pub extra_env: &'a [(&'a str, String)],
 }
 
 impl Switchboard {
@@ -125,6 +127,7 @@ impl Switchboard {
             .env("SWITCHBOARD_RATE_LIMIT_PER_MIN", "0")
             .env("SWITCHBOARD_WORKERS", opts.workers.to_string())
             .env("RUST_LOG", "warn")
+            .envs(opts.extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -174,11 +177,21 @@ impl Switchboard {
             .parse()
             .map_err(|e| format!("bad listening address {addr:?}: {e}"))?;
         Ok(Switchboard {
-            _child: guard,
+            child: guard,
             addr,
             admin_key,
             dir,
         })
+    }
+
+    /// Process id of the broker (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.child.id()
+    }
+
+    /// `Some(status)` once the broker process has exited.
+    pub fn exit_status(&mut self) -> Option<String> {
+        self.child.exited()
     }
 
     /// Registers `backend_url` for `model` (201 expected).

@@ -321,3 +321,24 @@ async fn clear_empties_the_history() {
     let last = m.stats().last_requests.last().cloned().unwrap_or_default();
     assert_eq!(last["messages"].as_array().map(Vec::len), Some(1), "{last}");
 }
+
+#[actix_rt::test]
+async fn upstream_connections_are_reused_across_turns() {
+    let model = "reuse-d2";
+    let (broker, m) = broker_with(&[model], &[]).await;
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.hello_new().await;
+    ws.send(send_msg("t1", "one", &[model])).await;
+    read_to_complete(&mut ws, &mut View::default(), Duration::from_secs(5)).await;
+    let after_first = m.stats().connections_total;
+    for i in 2..5 {
+        ws.send(send_msg(&format!("t{i}"), "again", &[model])).await;
+        read_to_complete(&mut ws, &mut View::default(), Duration::from_secs(5)).await;
+    }
+    // The body is read to its end after `[DONE]`, so awc pools the connection.
+    assert_eq!(
+        m.stats().connections_total,
+        after_first,
+        "a new upstream connection per turn"
+    );
+}
