@@ -138,6 +138,34 @@ pub async fn read_body(
     Ok(buf.freeze())
 }
 
+thread_local! {
+    /// xorshift128+ state for request ids, seeded once per thread from the OS.
+    static ID_STATE: std::cell::Cell<(u64, u64)> = std::cell::Cell::new(uuid::Uuid::new_v4().as_u64_pair());
+}
+
+/// A random-looking v4 uuid without a `getrandom` syscall per request. Request ids only
+/// correlate logs; they are not secrets (session ids and push tokens use the OS generator).
+fn new_request_id() -> String {
+    ID_STATE.with(|cell| {
+        let (mut s1, s0) = cell.get();
+        let mut next = || {
+            let out = s0.wrapping_add(s1);
+            s1 ^= s1 << 23;
+            let mixed = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+            (out, mixed)
+        };
+        let (a, s1_next) = next();
+        let b = a.rotate_left(29) ^ s1_next.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        cell.set((s0, s1_next));
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&a.to_le_bytes());
+        bytes[8..].copy_from_slice(&b.to_le_bytes());
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    })
+}
+
 /// The client's request id when it sent a sane one, else a new uuid.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -145,7 +173,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(new_request_id)
 }
 
 /// What a finished request is counted as in `/metrics`.
@@ -476,6 +504,18 @@ mod tests {
             )),
             Ok("m".into())
         );
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_v4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids.iter().take(5) {
+            assert_eq!(
+                uuid::Uuid::parse_str(id).map(|u| u.get_version_num()).ok(),
+                Some(4)
+            );
+        }
     }
 
     #[test]
