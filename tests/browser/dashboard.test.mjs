@@ -142,7 +142,8 @@ test('dashboard: demo entries cannot be edited or deleted; models view and playg
   await unlock(page);
   await page.locator('[data-testid=server-row][data-model=demo-tools] [data-testid=server-open]').click();
   await page.waitForSelector('[data-testid=server-detail]:not([hidden])');
-  assert.ok(await page.locator('[data-testid=detail-edit]').isDisabled());
+  // The detail fills in once the record has loaded; then both actions are off for a demo entry.
+  await until(async () => await page.locator('[data-testid=detail-edit]').isDisabled(), { message: 'edit disabled for demo' });
   assert.ok(await page.locator('[data-testid=detail-delete]').isDisabled());
 
   await page.click('[data-testid=tab-models]');
