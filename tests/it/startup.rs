@@ -227,3 +227,20 @@ async fn local_mode_serves_the_demo_models() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[actix_rt::test]
+async fn public_mode_starts_cleanly_with_credentials() {
+    let broker = Broker::start(&[
+        ("SWITCHBOARD_HOST", "0.0.0.0"),
+        ("SWITCHBOARD_UI_PASSWORD", "pw"),
+        ("SWITCHBOARD_API_KEYS", "k1"),
+    ]);
+    let url = broker.url.replace("0.0.0.0", "127.0.0.1");
+    let (status, health) = request("GET", &format!("{url}/health"), &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        health["backends"]["total"], 0,
+        "no demo backend in public mode"
+    );
+    assert!(broker.logs().contains("public mode"), "{}", broker.logs());
+}
