@@ -1,6 +1,6 @@
 // The compare page: one prompt fanned out to several models over a thread session (SPEC §4, §5).
-// Shared by `/` (WebSocket, <body data-transport="ws">) and `/sse` (EventSource,
-// <body data-transport="sse">). The WebSocket page falls back to SSE when a WebSocket cannot be
+// One page (index.html) served at `/` (WebSocket) and `/sse` (EventSource); the path picks the
+// transport (see `pageTransport`). The WebSocket page falls back to SSE when a WebSocket cannot be
 // opened while plain HTTP to the same server works.
 //
 // Rules this file keeps: model output is only ever inserted with textContent / text nodes (never
@@ -719,8 +719,25 @@
   // ---------------------------------------------------------------------------------------------
   // Connection (WebSocket or SSE), reconnect with backoff, resume
 
+  // `/sse` is the same document as `/`: mark it as the SSE page and say so in the chrome.
+  function pageTransport() {
+    if (location.pathname !== '/sse') return 'ws';
+    document.body.dataset.transport = 'sse';
+    document.title = 'switchboard · compare models (SSE)';
+    for (const a of document.querySelectorAll('.nav a')) {
+      if (a.getAttribute('href') === '/sse') a.setAttribute('aria-current', 'page');
+      else a.removeAttribute('aria-current');
+    }
+    const tag = document.createElement('span');
+    tag.className = 'tag';
+    tag.textContent = 'SSE';
+    $('picker-title').append(' ', tag);
+    ui.transport.textContent = 'SSE';
+    return 'sse';
+  }
+
   const conn = {
-    transport: document.body.dataset.transport === 'sse' ? 'sse' : 'ws',
+    transport: pageTransport(),
     fellBack: false,
     status: 'connecting',
     attempts: 0, // failed tries since the last working connection

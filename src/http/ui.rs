@@ -41,7 +41,8 @@ const JSON: &str = "application/json";
 /// Every file the UI serves. Add a line here when adding a file to `web/`.
 static ASSETS: &[Asset] = &[
     asset!("/", "index.html", HTML),
-    asset!("/sse", "sse.html", HTML),
+    // The same page; compare.js picks the SSE transport from the path.
+    asset!("/sse", "index.html", HTML),
     asset!("/dashboard", "dashboard.html", HTML),
     asset!("/static/style.css", "style.css", CSS),
     asset!("/static/compare.js", "compare.js", JS),

@@ -35,11 +35,7 @@ async fn resume(base: &str, session_id: &str, last_event_id: u64) -> (Ws, Value)
 async fn a_reconnect_within_the_grace_gets_exactly_the_missed_events() {
     let model = "r-d20-w80";
     let (broker, _m) = setup(&[model], &[]).await;
-    let mut ws = Ws::connect(&broker.url).await;
-    let session_id = ws.hello_new().await["session_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (mut ws, session_id) = Ws::new_session(&broker.url).await;
     ws.send(send_msg("r1", PROMPT, &[model])).await;
     let mut view = View::default();
     while view.of("token", None).len() < 5 {
@@ -72,11 +68,7 @@ async fn a_reconnect_within_the_grace_gets_exactly_the_missed_events() {
 async fn chaos_fifty_forced_reconnects_lose_and_duplicate_nothing() {
     let models = ["x-d10-w250", "y-d12-w200", "z-d15-w160"];
     let (broker, _m) = setup(&models, &[]).await;
-    let mut ws = Ws::connect(&broker.url).await;
-    let session_id = ws.hello_new().await["session_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (mut ws, session_id) = Ws::new_session(&broker.url).await;
     ws.send(send_msg("chaos", PROMPT, &models)).await;
     let mut view = View::default();
     let mut reconnects = 0;
@@ -135,11 +127,7 @@ async fn chaos_fifty_forced_reconnects_lose_and_duplicate_nothing() {
 async fn past_the_grace_the_upstream_streams_are_cancelled() {
     let model = "g-spaced-w100";
     let (broker, m) = setup(&[model], &[("SWITCHBOARD_DISCONNECT_GRACE_S", "1")]).await;
-    let mut ws = Ws::connect(&broker.url).await;
-    let session_id = ws.hello_new().await["session_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (mut ws, session_id) = Ws::new_session(&broker.url).await;
     ws.send(send_msg("r1", PROMPT, &[model])).await;
     let mut view = View::default();
     while view.of("token", None).is_empty() {
@@ -176,11 +164,7 @@ async fn past_the_grace_the_upstream_streams_are_cancelled() {
 async fn a_resume_older_than_the_buffer_gets_a_resync_snapshot() {
     let model = "s-d5-w60";
     let (broker, _m) = setup(&[model], &[("SWITCHBOARD_EVENT_BUFFER", "5")]).await;
-    let mut ws = Ws::connect(&broker.url).await;
-    let session_id = ws.hello_new().await["session_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (mut ws, session_id) = Ws::new_session(&broker.url).await;
     ws.send(send_msg("r1", PROMPT, &[model])).await;
     let mut view = View::default();
     while view.of("token", None).len() < 2 {
@@ -211,11 +195,7 @@ async fn a_resume_older_than_the_buffer_gets_a_resync_snapshot() {
 async fn two_connections_of_one_session_each_get_every_event() {
     let model = "two-d5-w20";
     let (broker, _m) = setup(&[model], &[]).await;
-    let mut a = Ws::connect(&broker.url).await;
-    let session_id = a.hello_new().await["session_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (mut a, session_id) = Ws::new_session(&broker.url).await;
     let (mut b, _) = resume(&broker.url, &session_id, 0).await;
     a.send(send_msg("r1", PROMPT, &[model])).await;
     let (mut va, mut vb) = (View::default(), View::default());
@@ -563,11 +543,7 @@ async fn the_sse_transport_runs_a_turn_cancels_and_resumes_with_last_event_id() 
 async fn a_session_made_over_websocket_streams_over_sse() {
     let model = "cross-d5";
     let (broker, _m) = setup(&[model], &[]).await;
-    let mut ws = Ws::connect(&broker.url).await;
-    let sid = ws.hello_new().await["session_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let (mut ws, sid) = Ws::new_session(&broker.url).await;
     ws.send(send_msg("w1", PROMPT, &[model])).await;
     let mut view = View::default();
     sse_read(&broker.url, &sid, Some(0), &mut view, |v, _| v.complete).await;

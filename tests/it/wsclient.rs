@@ -99,6 +99,16 @@ impl Ws {
         }
     }
 
+    /// Connects and starts a new session; returns the connection and the session id.
+    pub async fn new_session(base: &str) -> (Ws, String) {
+        let mut ws = Ws::connect(base).await;
+        let id = ws.hello_new().await["session_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        (ws, id)
+    }
+
     /// `hello` for a new session; returns the `session` event.
     pub async fn hello_new(&mut self) -> Value {
         self.send(json!({"type": "hello"})).await;
