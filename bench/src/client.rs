@@ -107,18 +107,7 @@ impl Conn {
 
     /// Reads more bytes into the buffer; `Err(Closed)` on EOF.
     async fn fill(&mut self) -> Result<(), Error> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start > 0 && self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            let n = self.buf.len() * 2;
-            self.buf.resize(n, 0);
-        }
+        make_room(&mut self.buf, &mut self.start, &mut self.end);
         let n = self
             .stream
             .read(&mut self.buf[self.end..])
@@ -426,6 +415,24 @@ fn has_token(payload: &[u8]) -> bool {
         .or_else(|| choice.get("text"))
         .and_then(Value::as_str)
         .is_some_and(|s| !s.is_empty())
+}
+
+/// Makes space after `end` in a read buffer holding unread bytes `start..end`: resets an
+/// empty buffer, moves unread bytes to the front when the tail is full, doubles it when the
+/// unread bytes fill it. Shared by the HTTP and WebSocket clients.
+pub(crate) fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize) {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    } else if *start > 0 && *end == buf.len() {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    if *end == buf.len() {
+        let n = buf.len() * 2;
+        buf.resize(n, 0);
+    }
 }
 
 #[cfg(test)]

@@ -587,15 +587,8 @@ async fn run(args: Args) -> Result<(), String> {
             .push("the bench itself is a debug build; use --release for meaningful numbers".into());
     }
 
-    let mock = MockServer::builder()
-        .worker_threads(args.mock_workers)
-        .spawn()
-        .map_err(|e| format!("cannot start the mock backend: {e}"))?;
+    let mock = crate::start_mock(args.mock_workers)?;
     let mock_url = mock.url();
-    eprintln!(
-        "mock backend at {mock_url} ({} worker threads)",
-        args.mock_workers
-    );
 
     // Start the proxies; a target that cannot start is reported and skipped.
     let sb_path = resolve_switchboard(args.switchboard.as_ref());
@@ -886,4 +879,14 @@ async fn run(args: Args) -> Result<(), String> {
     drop(switchboard);
     drop(mock);
     Ok(())
+}
+
+/// The in-process mock backend every target is measured against.
+pub(crate) fn start_mock(workers: usize) -> Result<mockllm::MockHandle, String> {
+    let mock = MockServer::builder()
+        .worker_threads(workers)
+        .spawn()
+        .map_err(|e| format!("cannot start the mock backend: {e}"))?;
+    eprintln!("mock backend at {} ({workers} worker threads)", mock.url());
+    Ok(mock)
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mockllm::{MockHandle, MockServer, Stats};
+use mockllm::{MockHandle, Stats};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Barrier, Semaphore};
@@ -1422,15 +1422,8 @@ pub async fn run(
             .push("the bench itself is a debug build; use --release for meaningful numbers".into());
     }
 
-    let mock = MockServer::builder()
-        .worker_threads(args.mock_workers)
-        .spawn()
-        .map_err(|e| format!("cannot start the mock backend: {e}"))?;
+    let mock = crate::start_mock(args.mock_workers)?;
     let mock_url = mock.url();
-    eprintln!(
-        "mock backend at {mock_url} ({} worker threads)",
-        args.mock_workers
-    );
 
     let sb_path = crate::resolve_switchboard(args.switchboard.as_ref());
     let sb_release = crate::build_kind(&sb_path);

@@ -6,6 +6,7 @@
 //! close handshake. Every received frame is stamped with the unix time in
 //! microseconds at which it was parsed, which is what the latency numbers use.
 
+use crate::client::make_room;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -152,18 +153,7 @@ impl WsConn {
 
     /// Reads more bytes; `Err(Eof)` when the peer closed.
     async fn fill(&mut self) -> Result<(), Error> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start > 0 && self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            let n = self.buf.len() * 2;
-            self.buf.resize(n, 0);
-        }
+        make_room(&mut self.buf, &mut self.start, &mut self.end);
         let n = self
             .stream
             .read(&mut self.buf[self.end..])
