@@ -176,10 +176,11 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(new_request_id)
 }
 
-/// What a finished request is counted as in `/metrics`.
+/// What a finished request is counted as in `/metrics`, and the id it is known by.
 struct Outcome {
     model: String,
     backend: String,
+    request_id: String,
 }
 
 async fn proxy(
@@ -193,6 +194,7 @@ async fn proxy(
     let mut outcome = Outcome {
         model: "-".into(),
         backend: "-".into(),
+        request_id: request_id(req.headers()),
     };
     let result = proxy_attempts(
         &req,
@@ -216,7 +218,15 @@ async fn proxy(
         status,
         ms,
     );
-    result
+    // Refusals carry the request id too, so a client can quote it when asking why.
+    result.or_else(|e| {
+        let mut resp = actix_web::ResponseError::error_response(&e);
+        if let Ok(v) = header::HeaderValue::from_str(&outcome.request_id) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+        }
+        Ok(resp)
+    })
 }
 
 async fn proxy_attempts(
@@ -233,7 +243,7 @@ async fn proxy_attempts(
     let body = read_body(req, payload, state.proxy.max_body_bytes).await?;
     let model = parse_request(&body, endpoint)?;
     outcome.model.clone_from(&model);
-    let request_id = request_id(req.headers());
+    let request_id = outcome.request_id.clone();
     let candidates = state
         .table
         .candidates(&model, 1 + state.proxy.max_retries)

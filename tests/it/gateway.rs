@@ -128,19 +128,21 @@ async fn failover_when_a_backend_is_down() {
 #[actix_rt::test]
 async fn unknown_model_is_404_and_no_healthy_backend_is_503() {
     let broker = Broker::start(&[]);
-    let (status, body) = broker
-        .call(
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(chat("nope", false)),
-        )
-        .await;
+    let (status, headers, body) = request_raw(
+        "POST",
+        &format!("{}/v1/chat/completions", broker.url),
+        &[("x-request-id", "why-404")],
+        Some(chat("nope", false)),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     assert_eq!(
         assert_error_shape(&body).as_deref(),
         Some("model_not_found")
     );
+    let id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    assert_eq!(id, Some("why-404"), "refusals carry the request id");
 
     let dead = mock();
     let url = dead.url();
