@@ -14,13 +14,14 @@ use switchboard_actors::sessions::Sessions;
 /// Routes whose latency is tracked separately (others are "other").
 const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
-/// `(route, model, backend, status)`, the labels of `switchboard_requests_total`.
-type RequestKey = (&'static str, String, String, u16);
+/// `switchboard_requests_total` by `(route, status)`, then model, then backend. Nested so the
+/// hot path looks up borrowed `&str`s and allocates only the first time a label set is seen.
+type RequestCounts = HashMap<(&'static str, u16), HashMap<String, HashMap<String, u64>>>;
 
 /// The proxy's counters.
 pub struct GatewayMetrics {
     /// Request counts by labels. A short lock per finished request.
-    requests: Mutex<HashMap<RequestKey, u64>>,
+    requests: Mutex<RequestCounts>,
     /// Time until response headers, per route of [`ROUTES`].
     latency: Vec<Histogram>,
     /// Time until the first upstream body byte (the commit point).
@@ -53,11 +54,18 @@ impl GatewayMetrics {
         status: u16,
         latency_ms: u64,
     ) {
-        *self
-            .requests
-            .lock()
-            .entry((route, model.to_string(), backend.to_string(), status))
-            .or_insert(0) += 1;
+        let mut requests = self.requests.lock();
+        let by_model = requests.entry((route, status)).or_default();
+        let by_backend = match by_model.get_mut(model) {
+            Some(m) => m,
+            None => by_model.entry(model.to_string()).or_default(),
+        };
+        match by_backend.get_mut(backend) {
+            Some(n) => *n += 1,
+            None => {
+                by_backend.insert(backend.to_string(), 1);
+            }
+        }
         if let Some(i) = ROUTES.iter().position(|r| *r == route) {
             self.latency[i].observe_ms(latency_ms);
         }
@@ -92,14 +100,17 @@ pub fn render(
         "counter",
         "Proxied /v1 requests by route, model, backend and status.",
     );
-    let mut rows: Vec<_> = gw
-        .requests
-        .lock()
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
+    // (route, model, backend, status, count), sorted for a stable output.
+    let mut rows = Vec::new();
+    for ((route, status), models) in gw.requests.lock().iter() {
+        for (model, backends) in models {
+            for (backend, n) in backends {
+                rows.push((*route, model.clone(), backend.clone(), *status, *n));
+            }
+        }
+    }
     rows.sort();
-    for ((route, model, backend, status), n) in rows {
+    for (route, model, backend, status, n) in rows {
         let _ = writeln!(
             out,
             "switchboard_requests_total{{route=\"{route}\",model=\"{}\",backend=\"{}\",status=\"{status}\"}} {n}",

@@ -298,7 +298,8 @@ pub fn check_rate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
 /// An upstream response that is ready to be sent to the client.
 struct Committed {
     status: StatusCode,
-    headers: HeaderMap,
+    /// The upstream headers that are forwarded (hop-by-hop ones already left out).
+    headers: Vec<(HeaderName, header::HeaderValue)>,
     first: Option<Bytes>,
     rest: UpstreamBody,
     content_length: Option<u64>,
@@ -357,15 +358,20 @@ async fn try_backend(
     if status.is_server_error() {
         return Err(format!("backend answered HTTP {}", status.as_u16()));
     }
-    let headers = resp.headers().clone();
-    let content_length = headers
+    let upstream_headers = resp.headers();
+    let content_length = upstream_headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let is_sse = headers
+    let is_sse = upstream_headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    let headers = upstream_headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     let mut rest: UpstreamBody = Box::pin(resp);
     let first = match tokio::time::timeout(state.proxy.commit_timeout, rest.next()).await {
         Ok(Some(Ok(chunk))) => Some(chunk),
@@ -391,10 +397,8 @@ fn respond(
     state: &AppState,
 ) -> HttpResponse {
     let mut resp = HttpResponse::build(c.status);
-    for (name, value) in c.headers.iter() {
-        if !is_hop_by_hop(name) {
-            resp.append_header((name.clone(), value.clone()));
-        }
+    for header in c.headers {
+        resp.append_header(header);
     }
     resp.insert_header((BACKEND_HEADER, guard.backend().id.to_string()))
         .insert_header((REQUEST_ID_HEADER, request_id.to_string()));
