@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Re-exported so every transport names the same shared-buffer string type.
+pub use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::record::now_ms;
@@ -183,10 +185,9 @@ pub struct Encoded {
     /// Session-wide position; `None` for events outside the turn stream (session, heartbeat).
     pub id: Option<u64>,
     pub kind: &'static str,
-    /// The JSON object, exactly what a WebSocket text frame or SSE `data:` carries.
-    pub json: String,
-    /// `request_id` and `model`, kept for merging tokens of a slow consumer.
-    pub token_of: Option<(String, String)>,
+    /// The JSON object, exactly what a WebSocket text frame or SSE `data:` carries. A
+    /// `ByteString` so every WebSocket connection sends it without a copy (refcounted).
+    pub json: ByteString,
 }
 
 impl Encoded {
@@ -198,17 +199,10 @@ impl Encoded {
             ts: now_ms(),
         })
         .unwrap_or_else(|_| "{\"type\":\"error\",\"code\":\"internal\"}".to_string());
-        let token_of = match body {
-            EventBody::Token {
-                request_id, model, ..
-            } => Some((request_id.clone(), model.clone())),
-            _ => None,
-        };
         Arc::new(Self {
             id,
             kind: body.kind(),
-            json,
-            token_of,
+            json: ByteString::from(json),
         })
     }
 

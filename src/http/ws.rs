@@ -25,7 +25,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
 use bytes::Bytes;
 use futures_util::Stream;
-use switchboard_actors::events::{parse_client_message, ClientMessage, Encoded, EventBody};
+use switchboard_actors::events::{
+    parse_client_message, ByteString, ClientMessage, Encoded, EventBody,
+};
 use switchboard_actors::session::{Attach, Command, ConnectionSink, Detach, Session};
 use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
 
@@ -186,8 +188,8 @@ impl WsConnection {
         ctx.stop();
     }
 
-    fn send_now(&mut self, ctx: &mut WebsocketContext<Self>, json: &str) {
-        ctx.text(json.to_string());
+    fn send_now(&mut self, ctx: &mut WebsocketContext<Self>, json: &ByteString) {
+        ctx.text(json.clone());
     }
 
     /// An event outside the session sequence (pong, invalid message, busy, heartbeat).
