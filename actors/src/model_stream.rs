@@ -52,8 +52,8 @@ pub struct StreamSettings {
 
 /// Everything one stream needs to run.
 pub struct StreamSpec {
-    pub request_id: String,
-    pub model: String,
+    pub request_id: Arc<str>,
+    pub model: Arc<str>,
     pub messages: Vec<Message>,
     pub params: Map<String, Value>,
     /// When the turn started: `ttft` and `total_ms` are measured from here.
@@ -66,7 +66,7 @@ pub struct StreamSpec {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StreamEvent {
-    pub model: String,
+    pub model: Arc<str>,
     pub body: EventBody,
 }
 
@@ -123,8 +123,8 @@ impl Handler<StopStream> for ModelStream {
 
 /// Emits events for one model of one turn.
 struct Emitter {
-    request_id: String,
-    model: String,
+    request_id: Arc<str>,
+    model: Arc<str>,
     session: Recipient<StreamEvent>,
 }
 
@@ -138,8 +138,8 @@ impl Emitter {
 
     fn error(&self, code: &str, message: String, retryable: bool) {
         self.send(EventBody::Error {
-            request_id: Some(self.request_id.clone()),
-            model: Some(self.model.clone()),
+            request_id: Some(self.request_id.to_string()),
+            model: Some(self.model.to_string()),
             code: code.to_string(),
             message,
             retryable,
@@ -194,7 +194,7 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
             .timeout(spec.settings.first_byte)
             .insert_header(("content-type", "application/json"))
             .insert_header(("accept", "text/event-stream"))
-            .insert_header(("x-request-id", spec.request_id.as_str()));
+            .insert_header(("x-request-id", &*spec.request_id));
         if let Some(auth) = &backend.auth_header {
             req = req.insert_header(("authorization", auth.as_str()));
         }

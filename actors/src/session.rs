@@ -202,14 +202,14 @@ impl Session {
         let turn_started = Instant::now();
         let mut runs = HashMap::new();
         self.emit(EventBody::Ack {
-            request_id: send.request_id.clone(),
+            request_id: send.request_id.as_str().into(),
             models: models.clone(),
             content: send.content.clone(),
         });
         for model in &models {
             let spec = StreamSpec {
-                request_id: send.request_id.clone(),
-                model: model.clone(),
+                request_id: send.request_id.as_str().into(),
+                model: model.as_str().into(),
                 messages: self.history.messages_for(model, &send.content),
                 params: send.params.clone().unwrap_or_default(),
                 turn_started,
@@ -277,8 +277,8 @@ impl Session {
             .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for m in targets {
             self.emit(EventBody::Cancelled {
-                request_id: request_id.clone(),
-                model: m,
+                request_id: request_id.as_str().into(),
+                model: m.into(),
             });
         }
         self.finish_if_complete();
@@ -292,7 +292,7 @@ impl Session {
         }
         let request_id = turn.request_id.clone();
         self.emit(EventBody::Complete {
-            request_id: request_id.clone(),
+            request_id: request_id.as_str().into(),
         });
         if let Some(turn) = self.turn.take() {
             self.registry
@@ -568,7 +568,7 @@ impl Handler<StreamEvent> for Session {
 
     fn handle(&mut self, ev: StreamEvent, _: &mut Self::Context) {
         let Some(turn) = &mut self.turn else { return };
-        let Some(run) = turn.runs.get_mut(&ev.model) else {
+        let Some(run) = turn.runs.get_mut(&*ev.model) else {
             return;
         };
         if run.state != RunState::Streaming {
