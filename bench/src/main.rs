@@ -357,6 +357,7 @@ async fn sanity(addr: SocketAddr, plan: &Plan) -> Result<(), String> {
 async fn bench_target(
     name: &str,
     addr: SocketAddr,
+    proxy_pid: Option<u32>,
     plan: &Plan,
     mock: &MockHandle,
 ) -> Result<TargetResult, String> {
@@ -404,7 +405,17 @@ async fn bench_target(
         load_spec.max_requests = 1_000_000_000;
         load_spec.time_limit = d;
     }
+    let cpu_before = proxy_pid.map(targets::process_tree_cpu);
     let cn = load::run(load_spec).await;
+    if let (Some(pid), Some(before)) = (proxy_pid, cpu_before) {
+        let used = targets::process_tree_cpu(pid).saturating_sub(before);
+        let served = cn.ok + cn.non_200();
+        put(
+            &mut r,
+            "chat_load_cpu_us",
+            (served > 0).then(|| used.as_secs_f64() * 1e6 / served as f64),
+        );
+    }
     progress(name, &format!("chat c={}", plan.load_c), &cn);
     r.absorb("chat load", &cn, plan.load_duration.is_some());
     let mut lat = cn.latencies_ns.clone();
@@ -475,6 +486,8 @@ fn put(r: &mut TargetResult, key: &'static str, v: Option<f64>) {
 enum Kind {
     Ms,
     Rps,
+    /// Microseconds of proxy CPU (user + system); compared as a ratio like requests/s.
+    Us,
 }
 
 struct Row {
@@ -502,6 +515,11 @@ fn rows(plan: &Plan) -> Vec<Row> {
             label: format!("chat c={lc} requests/s"),
             kind: Kind::Rps,
         },
+        Row {
+            key: "chat_load_cpu_us",
+            label: format!("chat c={lc} proxy CPU/request (us)"),
+            kind: Kind::Us,
+        },
         ms("ttft_p50_ms", format!("stream c={sc} TTFT p50 (ms)")),
         ms("ttft_p99_ms", format!("stream c={sc} TTFT p99 (ms)")),
         ms(
@@ -526,6 +544,7 @@ fn fmt(v: Option<f64>, kind: Kind) -> String {
     match (v, kind) {
         (None, _) => "-".into(),
         (Some(v), Kind::Rps) => format!("{v:.0}"),
+        (Some(v), Kind::Us) => format!("{v:.1}"),
         (Some(v), Kind::Ms) if v.abs() >= 100.0 => format!("{v:.1}"),
         (Some(v), Kind::Ms) => format!("{v:.3}"),
     }
@@ -595,11 +614,12 @@ async fn run(args: Args) -> Result<(), String> {
     let sb_release = build_kind(&sb_path);
     let mut switchboard: Option<Switchboard> = None;
     let mut nginx: Option<Nginx> = None;
-    let mut live: Vec<(String, SocketAddr)> = Vec::new();
+    // (target, address, process whose tree is the proxy: its CPU is measured)
+    let mut live: Vec<(String, SocketAddr, Option<u32>)> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
     for t in &wanted {
         match t.as_str() {
-            "direct" => live.push((t.clone(), mock.addr())),
+            "direct" => live.push((t.clone(), mock.addr(), None)),
             "switchboard" => {
                 if !sb_path.is_file() {
                     skipped.push((
@@ -635,7 +655,7 @@ async fn run(args: Args) -> Result<(), String> {
                     continue;
                 }
                 eprintln!("switchboard {} at http://{}", sb_path.display(), sb.addr);
-                live.push((t.clone(), sb.addr));
+                live.push((t.clone(), sb.addr, Some(sb.pid())));
                 switchboard = Some(sb);
             }
             _ => {
@@ -654,7 +674,7 @@ async fn run(args: Args) -> Result<(), String> {
                 match Nginx::start(&bin, mock.addr(), args.proxy_workers) {
                     Ok(n) => {
                         eprintln!("nginx {} at http://{}", bin.display(), n.addr);
-                        live.push((t.clone(), n.addr));
+                        live.push((t.clone(), n.addr, Some(n.pid())));
                         nginx = Some(n);
                     }
                     Err(e) => skipped.push((t.clone(), e)),
@@ -667,9 +687,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     let mut results: Vec<(String, TargetResult)> = Vec::new();
-    for (name, addr) in &live {
+    for (name, addr, pid) in &live {
         eprintln!("== {name} ==");
-        match bench_target(name, *addr, &plan, &mock).await {
+        match bench_target(name, *addr, *pid, &plan, &mock).await {
             Ok(r) => results.push((name.clone(), r)),
             Err(e) => {
                 eprintln!("  [{name}] failed: {e}");
@@ -751,7 +771,7 @@ async fn run(args: Args) -> Result<(), String> {
             for (name, r) in &results {
                 let cell = match (r.metrics.get(row.key), d.metrics.get(row.key)) {
                     _ if name == "direct" => "-".to_string(),
-                    (Some(v), Some(base)) if row.kind == Kind::Rps => {
+                    (Some(v), Some(base)) if row.kind != Kind::Ms => {
                         let pct = (v / base - 1.0) * 100.0;
                         added.entry(name.clone()).or_default().insert(row.key, pct);
                         format!("{pct:+.0}%")

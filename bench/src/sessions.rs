@@ -65,9 +65,14 @@ pub struct SessionsArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "m1-stamp-d20-w100,m2-stamp-d20-w100,m3-stamp-d20-w100,m4-stamp-d20-w100"
+        default_value = "m1-stamp-d10-w200,m2-stamp-d10-w200,m3-stamp-d10-w200,m4-stamp-d10-w200"
     )]
     pub paced_models: Vec<String>,
+    /// Spread the paced sessions' turn starts evenly over this many ms [default: one token
+    /// interval, the `dN` of the first paced model]. 0 starts every turn at once, so every
+    /// stream's tokens arrive in the same instant (a burst the size of all streams).
+    #[arg(long)]
+    pub paced_spread_ms: Option<u64>,
     /// Seconds to hold the idle connections open (one heartbeat round is 15 s) [default: 16, quick 0].
     #[arg(long)]
     pub idle_hold_s: Option<u64>,
@@ -579,6 +584,7 @@ async fn fanout_session(
     i: usize,
     models: Arc<Vec<String>>,
     barrier: Arc<Barrier>,
+    start_delay: Duration,
 ) -> (FanoutOutcome, Option<Instant>) {
     let mut out = FanoutOutcome::default();
     let opened = timeout(
@@ -587,6 +593,7 @@ async fn fanout_session(
     )
     .await;
     barrier.wait().await;
+    tokio::time::sleep(start_delay).await;
     let mut ws = match opened {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {
@@ -705,6 +712,7 @@ async fn fanout_direct(
     mock: SocketAddr,
     model: String,
     barrier: Arc<Barrier>,
+    start_delay: Duration,
 ) -> (FanoutOutcome, Option<Instant>) {
     let mut out = FanoutOutcome {
         expected_tokens: expected_tokens(&model),
@@ -725,6 +733,7 @@ async fn fanout_direct(
     );
     let conn = timeout(Duration::from_secs(20), Conn::connect(mock)).await;
     barrier.wait().await;
+    tokio::time::sleep(start_delay).await;
     let mut conn = match conn {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -807,11 +816,14 @@ async fn fanout_direct(
     (out, Some(finished))
 }
 
+/// One turn to `models` in each of `sessions` sessions (or the same streams directly from the
+/// mock); session `i` starts its turn `spread * i / sessions` after the common start.
 async fn phase_fanout(
     sb: Option<(SocketAddr, u32)>,
     mock: &MockHandle,
     sessions: usize,
     models: &[String],
+    spread: Duration,
 ) -> FanoutOutcome {
     let mock_stats = mock.shared_stats();
     let mock = mock.addr();
@@ -823,15 +835,23 @@ async fn phase_fanout(
         None => sessions * models.len(),
     };
     let barrier = Arc::new(Barrier::new(n + 1));
+    let start_delay = |session: usize| spread * session as u32 / sessions.max(1) as u32;
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let barrier = Arc::clone(&barrier);
             match sb_addr {
-                Some(addr) => tokio::spawn(fanout_session(addr, i, Arc::clone(&models), barrier)),
+                Some(addr) => tokio::spawn(fanout_session(
+                    addr,
+                    i,
+                    Arc::clone(&models),
+                    barrier,
+                    start_delay(i),
+                )),
                 None => tokio::spawn(fanout_direct(
                     mock,
                     models[i % models.len()].clone(),
                     barrier,
+                    start_delay(i / models.len()),
                 )),
             }
         })
@@ -1486,19 +1506,40 @@ pub async fn run(
                 idle = Some(o);
             }
             "fanout" | "paced" => {
-                let (key, models) = if phase == "fanout" {
-                    ("fanout", &args.fanout_models)
+                let (key, models, spread) = if phase == "fanout" {
+                    ("fanout", &args.fanout_models, Duration::ZERO)
                 } else {
-                    ("fanout_paced", &args.paced_models)
+                    let spread_ms = args.paced_spread_ms.unwrap_or_else(|| {
+                        args.paced_models
+                            .first()
+                            .and_then(|m| mockllm::scenario::Scenario::parse(m).token_delay)
+                            .map_or(0, |d| d.as_millis() as u64)
+                    });
+                    (
+                        "fanout_paced",
+                        &args.paced_models,
+                        Duration::from_millis(spread_ms),
+                    )
                 };
-                eprintln!("== {key}: {fan_sessions} x {} models ==", models.len());
-                let d = phase_fanout(None, &mock, fan_sessions, models).await;
+                eprintln!(
+                    "== {key}: {fan_sessions} x {} models, turn starts spread over {} ms ==",
+                    models.len(),
+                    spread.as_millis()
+                );
+                let d = phase_fanout(None, &mock, fan_sessions, models, spread).await;
                 eprintln!(
                     "  [direct] {} tokens of {} in {:.2} s, {} failures",
                     d.tokens, d.expected_tokens, d.elapsed_s, d.failures
                 );
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let s = phase_fanout(Some((sb.addr, sb.pid())), &mock, fan_sessions, models).await;
+                let s = phase_fanout(
+                    Some((sb.addr, sb.pid())),
+                    &mock,
+                    fan_sessions,
+                    models,
+                    spread,
+                )
+                .await;
                 eprintln!(
                     "  [switchboard] {} tokens of {} in {:.2} s, {} failures",
                     s.tokens, s.expected_tokens, s.elapsed_s, s.failures

@@ -270,7 +270,7 @@ pub async fn one_shot(addr: SocketAddr, request: &[u8]) -> Result<(u16, String),
 /// A running nginx reverse proxy.
 #[derive(Debug)]
 pub struct Nginx {
-    _child: ChildGuard,
+    child: ChildGuard,
     /// Listening address.
     pub addr: SocketAddr,
     _dir: TempDir,
@@ -314,6 +314,11 @@ fn free_port() -> Result<u16, String> {
 }
 
 impl Nginx {
+    /// Process id of the nginx master (its workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.child.id()
+    }
+
     /// Writes a reverse-proxy config for `upstream` and starts nginx in the foreground.
     pub fn start(binary: &Path, upstream: SocketAddr, workers: usize) -> Result<Nginx, String> {
         let dir = TempDir::new("nginx")?;
@@ -389,9 +394,47 @@ http {{
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Nginx {
-            _child: guard,
+            child: guard,
             addr,
             _dir: dir,
         })
     }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// CPU time (user + system, all threads) of `pid` and its direct children (nginx's workers),
+/// so proxies with one process and with a master + workers compare alike.
+pub fn process_tree_cpu(pid: u32) -> Duration {
+    let ticks_of = |stat: &str| -> Option<(u32, u64)> {
+        // Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((ppid, utime + stime))
+    };
+    let mut ticks = 0;
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            if let Some((ppid, t)) = ticks_of(&stat) {
+                if p == pid || ppid == pid {
+                    ticks += t;
+                }
+            }
+        }
+    }
+    Duration::from_millis(ticks * 1000 / USER_HZ)
 }
