@@ -99,6 +99,15 @@ pub struct Config {
     /// Seconds of upstream silence after which a committed stream gets `: keepalive`.
     #[arg(long, env = "SWITCHBOARD_KEEPALIVE_S", default_value_t = 15.0)]
     pub keepalive_s: f64,
+    /// Seconds between WebSocket heartbeat events and pings.
+    #[arg(long, env = "SWITCHBOARD_WS_HEARTBEAT_S", default_value_t = 15.0)]
+    pub ws_heartbeat_s: f64,
+    /// Seconds a WebSocket client may stay silent (no frame, no pong) before it is dropped.
+    #[arg(long, env = "SWITCHBOARD_WS_SILENCE_TIMEOUT_S", default_value_t = 45.0)]
+    pub ws_silence_timeout_s: f64,
+    /// Seconds between `event: heartbeat` on SSE session streams.
+    #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT_S", default_value_t = 10.0)]
+    pub sse_heartbeat_s: f64,
     /// Retries on other backends before the response is committed.
     #[arg(long, env = "SWITCHBOARD_MAX_RETRIES", default_value_t = 2)]
     pub max_retries: usize,
@@ -150,6 +159,9 @@ pub const KNOWN_VARS: &[&str] = &[
     "SWITCHBOARD_TOTAL_TIMEOUT_S",
     "SWITCHBOARD_COMMIT_TIMEOUT_S",
     "SWITCHBOARD_KEEPALIVE_S",
+    "SWITCHBOARD_WS_HEARTBEAT_S",
+    "SWITCHBOARD_WS_SILENCE_TIMEOUT_S",
+    "SWITCHBOARD_SSE_HEARTBEAT_S",
     "SWITCHBOARD_MAX_RETRIES",
     "SWITCHBOARD_MAX_BODY_BYTES",
     "SWITCHBOARD_DRAIN_TIMEOUT_S",
@@ -216,6 +228,12 @@ impl Config {
             ("SWITCHBOARD_TOTAL_TIMEOUT_S", self.total_timeout_s),
             ("SWITCHBOARD_COMMIT_TIMEOUT_S", self.commit_timeout_s),
             ("SWITCHBOARD_KEEPALIVE_S", self.keepalive_s),
+            ("SWITCHBOARD_WS_HEARTBEAT_S", self.ws_heartbeat_s),
+            (
+                "SWITCHBOARD_WS_SILENCE_TIMEOUT_S",
+                self.ws_silence_timeout_s,
+            ),
+            ("SWITCHBOARD_SSE_HEARTBEAT_S", self.sse_heartbeat_s),
         ];
         for (var, v) in positive {
             if !(v.is_finite() && v > 0.0 && v < 1e7) {

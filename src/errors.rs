@@ -177,6 +177,17 @@ impl ApiError {
         )
     }
 
+    /// A committed stream cut short because the server is shutting down (the drain timed out);
+    /// only ever sent inside a stream, so the status is never on the wire.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("shutdown"),
+            "the server is shutting down; the stream was cancelled (retry)",
+        )
+    }
+
     /// 500 for our own failure (storage).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(

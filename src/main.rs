@@ -170,6 +170,12 @@ async fn run(config: Config) -> Result<(), String> {
             keepalive: Config::secs(config.keepalive_s),
         },
         client_keys: config.client_keys(),
+        drain: Arc::default(),
+        liveness: state::Liveness {
+            ws_heartbeat: Config::secs(config.ws_heartbeat_s),
+            ws_silence_timeout: Config::secs(config.ws_silence_timeout_s),
+            sse_heartbeat: Config::secs(config.sse_heartbeat_s),
+        },
         sessions: Arc::clone(&sessions),
         ui_credentials: auth::UiCredentials {
             user: config.ui_user.clone(),

@@ -11,6 +11,8 @@ use crate::state::AppState;
 
 /// How often the drain loop looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Time given to cancelled streams to write their final error event before the workers stop.
+const ERROR_FLUSH: Duration = Duration::from_millis(100);
 /// Time the HTTP workers get to finish after the drain (streams past it are dropped).
 pub const WORKER_GRACE: Duration = Duration::from_secs(1);
 
@@ -78,7 +80,12 @@ pub async fn drain(state: &AppState, server: &ServerHandle, drain_timeout: Durat
     }
     if left > 0 {
         log::warn!("shutdown: drain timeout; cancelling {left} streams");
+        state.drain.fire();
     }
     state.sessions.end_all(StopReason::Shutdown);
+    if left > 0 {
+        // Let the workers write the gateway streams' `shutdown` error events.
+        tokio::time::sleep(ERROR_FLUSH).await;
+    }
     server.stop(true).await;
 }

@@ -36,6 +36,10 @@ pub struct AppState {
     pub trust_proxy: bool,
     pub client_keys: Vec<String>,
     pub proxy: ProxySettings,
+    /// Heartbeats and the silence limit of session connections.
+    pub liveness: Liveness,
+    /// Fired when the shutdown drain times out; committed gateway streams end with an error.
+    pub drain: Arc<crate::http::relay::DrainSignal>,
     pub started: Instant,
     /// Start time as unix seconds (the `created` of listed models).
     pub started_unix: u64,
@@ -44,3 +48,14 @@ pub struct AppState {
 /// This worker's upstream client. `awc::Client` is `!Send`, so each HTTP worker builds its own
 /// in the app factory and reuses it (and its keep-alive pool) for every request it serves.
 pub struct WorkerClient(pub awc::Client);
+
+/// How session connections are kept alive and when a silent one is given up (SPEC §4.2, §5).
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// WebSocket `heartbeat` event + ping interval.
+    pub ws_heartbeat: std::time::Duration,
+    /// A WebSocket client silent this long is dropped.
+    pub ws_silence_timeout: std::time::Duration,
+    /// SSE `event: heartbeat` interval.
+    pub sse_heartbeat: std::time::Duration,
+}

@@ -373,19 +373,19 @@
       const x = (slots - n + i) * bw;
       const height = c.ok ? Math.max(3, (H - 4) * ((c.latency_ms || 0) / maxLat)) : H - 4;
       const title = svg('title');
-      title.textContent = `${fmtTime(c.at)} · ${c.kind || 'check'} · ${c.ok ? 'ok' : 'failed'} · ${fmtMs(c.latency_ms)}${c.error ? ` · ${c.error}` : ''}`;
+      title.textContent = `${fmtTime(c.time)} · ${c.kind || 'check'} · ${c.ok ? 'ok' : 'failed'} · ${fmtMs(c.latency_ms)}${c.error ? ` · ${c.error}` : ''}`;
       chart.append(svg('rect', { x: x + bw * 0.15, y: H - height, width: Math.max(1, bw * 0.7), height, rx: 1, class: c.ok ? 'bar-ok' : 'bar-fail', 'data-ok': String(c.ok) }, title));
     });
     const label = svg('text', { x: 2, y: 10, class: 'chart-label' });
     label.textContent = `max ${fmtMs(maxLat)}`;
     const older = svg('text', { x: 2, y: H + 12, class: 'chart-label' });
-    older.textContent = fmtAgo(history[0].at);
+    older.textContent = fmtAgo(history[0].time);
     const newer = svg('text', { x: W - 2, y: H + 12, class: 'chart-label end' });
     newer.textContent = 'now';
     chart.append(label, older, newer);
     box.replaceChildren(chart);
     const failures = history.filter((c) => !c.ok).slice(-5).reverse();
-    $('history-errors').replaceChildren(...failures.map((c) => h('li', null, h('span', { class: 'muted' }, `${fmtTime(c.at)} · ${c.kind || 'check'}: `), c.error || 'failed')));
+    $('history-errors').replaceChildren(...failures.map((c) => h('li', null, h('span', { class: 'muted' }, `${fmtTime(c.time)} · ${c.kind || 'check'}: `), c.error || 'failed')));
   }
 
   async function detailAction(label, fn) {

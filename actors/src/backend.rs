@@ -67,7 +67,7 @@ pub fn apply_check(
         Err(e) => (false, None, Some(e.clone())),
     };
     record.push_check(HealthCheck {
-        at: now_ms(),
+        time: now_ms(),
         ok,
         latency_ms,
         error: error.clone(),

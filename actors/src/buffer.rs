@@ -65,6 +65,11 @@ impl EventBuffer {
         Replay::Events(self.events.iter().skip(skip).cloned().collect())
     }
 
+    /// The newest buffered event.
+    pub fn last(&self) -> Option<&Arc<Encoded>> {
+        self.events.back()
+    }
+
     /// Number of buffered events.
     pub fn len(&self) -> usize {
         self.events.len()

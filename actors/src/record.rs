@@ -34,20 +34,39 @@ impl HealthStatus {
     }
 }
 
-/// One entry of a server's health history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One entry of a server's health history. On the wire (and in sled) it is
+/// `{time, ok, latency, latency_ms, error, kind}`: SPEC §3.1 names the entries "time, ok,
+/// latency, error"; `latency_ms` repeats `latency` with the unit in its name, like the record's
+/// `last_latency_ms`. Records stored before `time` was named read `at`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct HealthCheck {
     /// Unix milliseconds when the check finished.
-    pub at: u64,
+    #[serde(alias = "at")]
+    pub time: u64,
     /// Whether the check counted as healthy.
     pub ok: bool,
-    /// Round-trip time of the probe.
+    /// Round-trip time of the probe, in ms (`latency`, its copy on the wire, is ignored when
+    /// read back).
     pub latency_ms: Option<u64>,
     /// Why it failed, when it did.
     pub error: Option<String>,
     /// `active` (scheduled probe), `passive` (a request failed), `manual` (admin asked),
     /// `registration`.
     pub kind: String,
+}
+
+impl Serialize for HealthCheck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut entry = s.serialize_struct("HealthCheck", 6)?;
+        entry.serialize_field("time", &self.time)?;
+        entry.serialize_field("ok", &self.ok)?;
+        entry.serialize_field("latency", &self.latency_ms)?;
+        entry.serialize_field("latency_ms", &self.latency_ms)?;
+        entry.serialize_field("error", &self.error)?;
+        entry.serialize_field("kind", &self.kind)?;
+        entry.end()
+    }
 }
 
 /// Everything the registry persists about one backend. The API key is stored (it must be sent
@@ -99,7 +118,7 @@ impl ServerRecord {
         if self.health_history.len() >= HEALTH_HISTORY_LEN {
             self.health_history.pop_front();
         }
-        self.last_checked_at = Some(check.at);
+        self.last_checked_at = Some(check.time);
         self.health_history.push_back(check);
     }
 
@@ -186,12 +205,26 @@ mod tests {
 
     fn check(ok: bool) -> HealthCheck {
         HealthCheck {
-            at: now_ms(),
+            time: now_ms(),
             ok,
             latency_ms: Some(1),
             error: None,
             kind: "active".into(),
         }
+    }
+
+    #[test]
+    fn history_entries_name_time_ok_latency_error_and_read_back_old_records() {
+        let c = check(true);
+        let v = serde_json::to_value(&c).unwrap_or_default();
+        for key in ["time", "ok", "latency", "latency_ms", "error", "kind"] {
+            assert!(v.get(key).is_some(), "{key} in {v}");
+        }
+        let back: HealthCheck = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, c);
+        let old = serde_json::json!({"at": 5, "ok": false, "latency_ms": null, "error": "x", "kind": "active"});
+        let old: HealthCheck = serde_json::from_value(old).expect("an `at` record still reads");
+        assert_eq!((old.time, old.ok), (5, false));
     }
 
     #[test]

@@ -478,6 +478,18 @@ impl Handler<Attach> for Session {
                 if !msg.sink.deliver(Encoded::new(None, &resync)) {
                     return;
                 }
+                // A turn that ended while the client was away: the snapshot has its text, and
+                // its buffered `complete` (same id, deduplicated by the client) says it ended,
+                // as it would after a replay.
+                let ended = self
+                    .buffer
+                    .last()
+                    .filter(|e| self.turn.is_none() && e.kind == "complete");
+                if let Some(end) = ended {
+                    if !msg.sink.deliver(Arc::clone(end)) {
+                        return;
+                    }
+                }
             }
         }
         log::info!(

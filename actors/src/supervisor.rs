@@ -342,7 +342,20 @@ impl Handler<Update> for HealthSupervisor {
             fut.into_actor(self)
                 .then(move |result, act, _| {
                     let addr = act.backends.get(&id).map(|e| e.addr.clone());
+                    // The same rule as registration: one model once per URL.
+                    let duplicate = result.as_ref().ok().and_then(|(c, _)| {
+                        act.duplicate_of(&c.model_name, &c.endpoint_url, Some(id))
+                            .map(|existing| {
+                                AdminError::Conflict(format!(
+                                    "model {} is already registered at {} (registration_id {existing})",
+                                    c.model_name, c.endpoint_url
+                                ))
+                            })
+                    });
                     async move {
+                        if let Some(conflict) = duplicate {
+                            return Err(conflict);
+                        }
                         let (candidate, probe) = result?;
                         let addr = addr.ok_or(AdminError::NotFound(id))?;
                         let latest = addr

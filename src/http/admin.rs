@@ -59,8 +59,10 @@ where
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
-    model_name: Option<String>,
-    endpoint_url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    model_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    endpoint_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     api_key: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
@@ -68,6 +70,18 @@ struct UpdateBody {
     #[serde(default, deserialize_with = "present")]
     description: Option<Option<String>>,
     verify: Option<bool>,
+}
+
+/// A field that may be left out of an update but not cleared: `null` is refused.
+fn required(field: &str, value: Option<Option<String>>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(None) => Err(ApiError::invalid_param(
+            field,
+            format!("`{field}` cannot be null; leave it out to keep it"),
+        )),
+        Some(Some(v)) => Ok(Some(v)),
+        None => Ok(None),
+    }
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -160,8 +174,11 @@ async fn update(
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b: UpdateBody = parse_json(&body)?;
     let patch = Patch {
-        model_name: b.model_name.as_deref().map(check_model_name).transpose()?,
-        endpoint_url: b.endpoint_url,
+        model_name: required("model_name", b.model_name)?
+            .as_deref()
+            .map(check_model_name)
+            .transpose()?,
+        endpoint_url: required("endpoint_url", b.endpoint_url)?,
         api_key: b
             .api_key
             .map(|k| check_text("api_key", k, MAX_API_KEY))

@@ -32,15 +32,17 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     actix_web::ResponseError::error_response(&err)
 }
 
-/// The client's IP: the socket peer, or with `trust_proxy` the first `X-Forwarded-For` entry
-/// (falling back to `X-Real-IP`) set by the proxy in front (Railway, nginx).
+/// The client's IP: the socket peer, or with `trust_proxy` the last `X-Forwarded-For` entry
+/// (falling back to `X-Real-IP`): the one the proxy in front (Railway, nginx) appended. Entries
+/// before it come from the client and are not trusted: taking the first would let anyone dodge
+/// the per-IP rate limit and connection cap by sending their own header.
 pub fn client_ip(req: &HttpRequest, trust_proxy: bool) -> IpAddr {
     if trust_proxy {
         let forwarded = req
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .or_else(|| req.headers().get("x-real-ip").and_then(|v| v.to_str().ok()))
             .and_then(|v| v.trim().parse::<IpAddr>().ok());
         if let Some(ip) = forwarded {
@@ -49,4 +51,24 @@ pub fn client_ip(req: &HttpRequest, trust_proxy: bool) -> IpAddr {
     }
     req.peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn the_proxy_appended_forwarded_entry_is_the_client() {
+        let req = TestRequest::default()
+            .insert_header(("x-forwarded-for", "6.6.6.6, 1.2.3.4"))
+            .peer_addr("10.0.0.1:5000".parse().expect("addr"))
+            .to_http_request();
+        assert_eq!(client_ip(&req, true).to_string(), "1.2.3.4");
+        assert_eq!(client_ip(&req, false).to_string(), "10.0.0.1");
+        let bare = TestRequest::default()
+            .insert_header(("x-forwarded-for", "1.2.3.4"))
+            .to_http_request();
+        assert_eq!(client_ip(&bare, true).to_string(), "1.2.3.4");
+    }
 }

@@ -13,7 +13,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
@@ -376,6 +376,12 @@ async fn try_backend(
     let first = match tokio::time::timeout(state.proxy.commit_timeout, rest.next()).await {
         Ok(Some(Ok(chunk))) => Some(chunk),
         Ok(Some(Err(e))) => return Err(format!("stream failed before the first byte: {e}")),
+        // The body ended before its first byte. A success answer is only whole when it said
+        // it would be empty; an SSE stream, a declared length or a chunked body cut off by a
+        // closed socket (awc reports that as a clean end) died before commit: next backend.
+        Ok(None) if status.is_success() && content_length != Some(0) => {
+            return Err("body ended before the first byte".into())
+        }
         Ok(None) => None,
         Err(_) => None, // commit anyway; the relay keeps waiting up to the idle timeout
     };
@@ -396,6 +402,7 @@ fn respond(
     request_id: &str,
     state: &AppState,
 ) -> HttpResponse {
+    let whole = complete_body(&c);
     let mut resp = HttpResponse::build(c.status);
     for header in c.headers {
         resp.append_header(header);
@@ -404,6 +411,13 @@ fn respond(
         .insert_header((REQUEST_ID_HEADER, request_id.to_string()));
     if c.is_sse {
         resp.insert_header(("x-accel-buffering", "no"));
+    }
+    if let Some(whole) = whole {
+        // The usual non-streaming answer: it all came with the commit. One write, no relay
+        // timers; the upstream read to its end first, so awc pools the connection.
+        let mut rest = c.rest;
+        let _ = rest.next().now_or_never();
+        return resp.body(whole);
     }
     let timers = RelayTimers {
         idle: state.proxy.idle_timeout,
@@ -420,11 +434,21 @@ fn respond(
         guard,
         request_id: request_id.to_string(),
         metrics: Arc::clone(&state.metrics),
+        drain: Arc::clone(&state.drain),
     };
     let relay = RelayBody::new(upstream, timers, request);
     match c.content_length {
         Some(len) if !c.is_sse => resp.body(SizedStream::new(len, relay)),
         _ => resp.body(BodyStream::new(relay)),
+    }
+}
+
+/// The whole body, when the commit chunk already holds every byte a non-SSE answer declared.
+fn complete_body(c: &Committed) -> Option<Bytes> {
+    match (&c.first, c.content_length) {
+        (Some(first), Some(len)) if !c.is_sse && first.len() as u64 == len => Some(first.clone()),
+        (None, Some(0)) if !c.is_sse => Some(Bytes::new()),
+        _ => None,
     }
 }
 

@@ -67,12 +67,12 @@ fn headers_json(headers: &HeaderMap) -> Value {
     Value::Object(map)
 }
 
-/// A non-2xx connect answer becomes the client's status; a status that cannot stand as an
-/// error (1xx, 3xx) becomes 502.
+/// A non-2xx connect answer becomes the client's status (SPEC §6: "with that status"), 3xx
+/// included; only a 1xx, which cannot be a final answer, becomes 502.
 fn rejected(status: u16) -> ApiError {
     let code = StatusCode::from_u16(status)
         .ok()
-        .filter(|s| s.is_client_error() || s.is_server_error())
+        .filter(|s| s.as_u16() >= 300)
         .unwrap_or(StatusCode::BAD_GATEWAY);
     ApiError::with_status(
         code,
@@ -313,4 +313,16 @@ pub fn start(
         switchboard_actors::push::strip_query(url)
     );
     Ok(Some(hub))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejecting_callback_status_is_the_clients_status() {
+        for (callback, client) in [(403, 403), (302, 302), (503, 503), (101, 502)] {
+            assert_eq!(rejected(callback).status.as_u16(), client, "{callback}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,6 +16,8 @@ use awc::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 use switchboard_actors::routing::InFlightGuard;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio::time::{sleep, Instant, Sleep};
 
 use crate::errors::ApiError;
@@ -22,6 +25,44 @@ use crate::metrics::GatewayMetrics;
 
 /// An SSE comment that keeps idle proxies (60 s timeouts) from closing a silent stream.
 pub const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
+
+/// Fired when the shutdown drain times out: every committed SSE relay still running ends with
+/// an explicit `shutdown` error event instead of being cut off (SPEC §2: never a silent end).
+#[derive(Debug, Default)]
+pub struct DrainSignal {
+    fired: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl DrainSignal {
+    /// Ends every waiting relay (and any polled later).
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+}
+
+/// A relay's registration with the [`DrainSignal`].
+struct DrainWatch {
+    signal: Arc<DrainSignal>,
+    notified: Pin<Box<OwnedNotified>>,
+}
+
+impl DrainWatch {
+    fn new(signal: Arc<DrainSignal>) -> Self {
+        let notified = Box::pin(Arc::clone(&signal.notify).notified_owned());
+        Self { signal, notified }
+    }
+
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        // Poll first (registers the waker), then look at the flag: a fire in between is seen.
+        self.notified.as_mut().poll(cx).is_ready() || self.signal.is_fired()
+    }
+}
 
 /// The upstream body, boxed so relay does not name awc's decoder types.
 pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
@@ -53,6 +94,7 @@ pub struct RequestSide {
     pub guard: InFlightGuard,
     pub request_id: String,
     pub metrics: Arc<GatewayMetrics>,
+    pub drain: Arc<DrainSignal>,
 }
 
 /// See the module docs.
@@ -80,6 +122,8 @@ pub struct RelayBody {
     request_id: String,
     /// Counts a client that leaves before the end.
     metrics: Arc<GatewayMetrics>,
+    /// SSE relays only: ends the stream with an error event when the shutdown drain times out.
+    drain: Option<DrainWatch>,
 }
 
 impl Drop for RelayBody {
@@ -108,8 +152,10 @@ impl RelayBody {
             guard,
             request_id,
             metrics,
+            drain,
         } = request;
         Self {
+            drain: is_sse.then(|| DrainWatch::new(drain)),
             metrics,
             done_marker: DoneMarker::default(),
             expected_len,
@@ -168,14 +214,30 @@ impl RelayBody {
         backend.report_failure(reason.clone());
         if self.is_sse {
             let err = ApiError::upstream_failed(format!("upstream stream failed: {reason}"));
-            let mut line = b"data: ".to_vec();
-            line.extend_from_slice(err.body().to_string().as_bytes());
-            line.extend_from_slice(b"\n\n");
-            Poll::Ready(Some(Ok(Bytes::from(line))))
+            Poll::Ready(Some(Ok(error_event(&err))))
         } else {
             Poll::Ready(Some(Err(std::io::Error::other(reason))))
         }
     }
+
+    /// Ends an SSE stream that the shutdown drain cancelled; the backend did nothing wrong.
+    fn shut_down(&mut self) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.done = true;
+        log::warn!(
+            "request_id={} stream cancelled: shutdown drain timed out",
+            self.request_id
+        );
+        let err = ApiError::shutting_down();
+        Poll::Ready(Some(Ok(error_event(&err))))
+    }
+}
+
+/// `data: {"error":{...}}` and the blank line that ends the event.
+fn error_event(err: &ApiError) -> Bytes {
+    let mut line = b"data: ".to_vec();
+    line.extend_from_slice(err.body().to_string().as_bytes());
+    line.extend_from_slice(b"\n\n");
+    Bytes::from(line)
 }
 
 impl Stream for RelayBody {
@@ -194,6 +256,9 @@ impl Stream for RelayBody {
             Poll::Ready(Some(Err(e))) => return this.fail(e.to_string()),
             Poll::Ready(None) => return this.finish(),
             Poll::Pending => {}
+        }
+        if this.drain.as_mut().is_some_and(|d| d.poll_fired(cx)) {
+            return this.shut_down();
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
             return this.fail("total request timeout reached".into());

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
@@ -30,8 +29,6 @@ use crate::errors::ApiError;
 use crate::http::openai::read_body;
 use crate::state::AppState;
 
-/// `event: heartbeat` cadence on idle SSE streams.
-const SSE_HEARTBEAT: Duration = Duration::from_secs(10);
 /// Queued bytes past which an SSE client is a slow consumer: its stream ends (it reconnects
 /// with `Last-Event-ID` and resumes).
 const SSE_QUEUE_LIMIT: usize = 1024 * 1024;
@@ -254,7 +251,10 @@ async fn events(
     let body = SseBody {
         rx,
         shared,
-        heartbeat: interval_at(Instant::now() + SSE_HEARTBEAT, SSE_HEARTBEAT),
+        heartbeat: interval_at(
+            Instant::now() + state.liveness.sse_heartbeat,
+            state.liveness.sse_heartbeat,
+        ),
         detach: Some((addr, conn_id)),
         _slot: slot,
         ip,

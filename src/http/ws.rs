@@ -38,9 +38,6 @@ use crate::state::AppState;
 /// How long a new connection has to send `hello` (close 4400 after).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat event and WebSocket ping cadence.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
-/// A connection silent this long (no frame, no pong) is dropped.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Largest frame accepted from a client (close 1009 above).
 const MAX_FRAME: usize = 1024 * 1024;
 
@@ -94,6 +91,7 @@ async fn upgrade(
         slot,
         preclose,
         session: None,
+        session_id: None,
         last_heard: Instant::now(),
         flow: Arc::clone(&flow),
     };
@@ -165,6 +163,8 @@ pub struct WsConnection {
     preclose: Option<(u16, &'static str)>,
     /// The attached session; `None` until a valid `hello`. Told on stop (`Detach`).
     session: Option<(String, Addr<Session>)>,
+    /// The session this connection said hello to, kept for log lines after it detached.
+    session_id: Option<String>,
     last_heard: Instant,
     /// This connection's outbound queue accounting, shared with its sink and body wrapper.
     flow: Arc<Flow>,
@@ -172,11 +172,31 @@ pub struct WsConnection {
 
 impl WsConnection {
     fn label(&self) -> String {
-        let session = self.session.as_ref().map_or("-", |(id, _)| id.as_str());
+        let session = self.session_id.as_deref().unwrap_or("-");
         format!(
             "connection_id={} session_id={session} ip={}",
             self.conn_id, self.ip
         )
+    }
+
+    /// Drops the connection once it has been silent (no frame, no pong) for the configured
+    /// limit: checked when the silence could first reach it, then re-armed for the rest (one
+    /// timer per connection).
+    fn watch_silence(ctx: &mut WebsocketContext<Self>, after: Duration) {
+        ctx.run_later(after, |act, ctx| {
+            let limit = act.state.liveness.ws_silence_timeout;
+            let silent = act.last_heard.elapsed();
+            if silent >= limit {
+                log::info!(
+                    "{} silent for {} s; dropping",
+                    act.label(),
+                    silent.as_secs()
+                );
+                ctx.stop();
+            } else {
+                Self::watch_silence(ctx, limit - silent);
+            }
+        });
     }
 
     fn close_with(&mut self, ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
@@ -203,7 +223,7 @@ impl WsConnection {
 
     fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
         let parsed = parse_client_message(text);
-        let Some((session_id, addr)) = self.session.clone() else {
+        let Some((_, addr)) = self.session.clone() else {
             match parsed {
                 Ok(ClientMessage::Hello {
                     session_id,
@@ -251,7 +271,7 @@ impl WsConnection {
             Command::Cancel { request_id, .. } => Some(request_id.clone()),
             Command::Clear => None,
         };
-        let label = format!("{} session_id={session_id}", self.label());
+        let label = self.label();
         addr.send(command)
             .into_actor(self)
             .map(move |result, act, ctx| match result {
@@ -300,6 +320,7 @@ impl WsConnection {
                 }
             },
         };
+        self.session_id = Some(id.clone());
         self.session = Some((id, addr.clone()));
         addr.do_send(Attach {
             conn_id: self.conn_id,
@@ -328,16 +349,9 @@ impl Actor for WsConnection {
                 act.close_with(ctx, close::BAD_HELLO, "no hello within 5 s");
             }
         });
-        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
-            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
-                log::info!(
-                    "{} silent for {} s; dropping",
-                    act.label(),
-                    CLIENT_TIMEOUT.as_secs()
-                );
-                ctx.stop();
-                return;
-            }
+        let liveness = self.state.liveness;
+        Self::watch_silence(ctx, liveness.ws_silence_timeout);
+        ctx.run_interval(liveness.ws_heartbeat, |act, ctx| {
             ctx.ping(b"");
             if act.session.is_some() {
                 act.reply(ctx, &EventBody::Heartbeat {});
@@ -352,7 +366,7 @@ impl Actor for WsConnection {
             });
         }
         self.slot = None;
-        log::info!("connection_id={} closed", self.conn_id);
+        log::info!("{} closed", self.label());
     }
 }
 

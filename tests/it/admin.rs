@@ -224,10 +224,33 @@ async fn update_changes_fields_and_a_refused_update_changes_nothing() {
         json!({"model_name": ""}),
         json!({"nope": 1}),
         json!({"owner": 5}),
+        json!({"model_name": null}),
+        json!({"endpoint_url": null}),
     ] {
         let (status, err) = broker.admin_json("PUT", &path, Some(bad.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {err}");
     }
+    // Moving onto a model + URL pair that is already registered: 409, as at registration.
+    let other = broker.register("taken", &b.url()).await;
+    let (status, err) = broker
+        .admin_json(
+            "PUT",
+            &path,
+            Some(json!({"model_name": "taken", "endpoint_url": b.url()})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    let (status, _) = broker
+        .admin_json(
+            "DELETE",
+            &format!(
+                "/admin/register/{}",
+                other["registration_id"].as_str().unwrap_or("")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, after) = broker
         .admin_json("GET", &format!("/admin/servers/{id}"), None)
         .await;

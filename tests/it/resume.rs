@@ -184,8 +184,13 @@ async fn a_resume_older_than_the_buffer_gets_a_resync_snapshot() {
     );
     assert_eq!(snap["state"], "done");
     assert!(snap["metrics"]["ttft_ms"].as_u64().is_some());
-    // Live events follow; the next turn's ids continue after the session's last id.
+    // The turn ended while we were away: its `complete` follows the snapshot, as after a replay.
     let last = s["last_event_id"].as_u64().unwrap_or(0);
+    let complete = ws.event().await;
+    assert_eq!(complete["type"], "complete", "{complete}");
+    assert_eq!(complete["request_id"], "r1");
+    assert_eq!(complete["id"].as_u64(), Some(last), "{complete}");
+    // Live events follow; the next turn's ids continue after the session's last id.
     ws.send(send_msg("r2", "again", &[model])).await;
     let ack = ws.event().await;
     assert_eq!(ack["id"].as_u64(), Some(last + 1), "{ack}");
@@ -551,4 +556,62 @@ async fn a_session_made_over_websocket_streams_over_sse() {
         view.text.get(model),
         Some(&mockllm::reply_text(model, PROMPT))
     );
+}
+
+#[actix_rt::test]
+async fn a_silent_client_is_dropped_after_the_silence_timeout_and_a_live_one_is_kept() {
+    let env = [
+        ("SWITCHBOARD_WS_HEARTBEAT_S", "0.4"),
+        ("SWITCHBOARD_WS_SILENCE_TIMEOUT_S", "1.5"),
+    ];
+    let broker = Broker::start(&env);
+    // A live client: it answers every ping, so heartbeats keep coming past the limit.
+    let mut live = Ws::connect(&broker.url).await;
+    live.hello_new().await;
+
+    // A raw client that says hello and then never sends anything (no pongs).
+    let addr: std::net::SocketAddr = broker
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.expect("write");
+    sock.write_all(&masked_text_frame(br#"{"type":"hello"}"#))
+        .await
+        .expect("hello");
+    let said_hello = Instant::now();
+    let silent = actix_rt::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(said_hello.elapsed()),
+                Ok(Ok(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    });
+    // Meanwhile the live client reads (and so answers pings) for twice the limit.
+    let mut heartbeats = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match live.next(Duration::from_millis(600)).await {
+            Got::Event(ev) if ev["type"] == "heartbeat" => heartbeats += 1,
+            Got::Event(_) | Got::Timeout => {}
+            Got::Closed(code) => panic!("a client answering pings was closed ({code:?})"),
+        }
+    }
+    let gone = silent
+        .await
+        .expect("task")
+        .expect("a silent client was still connected after 10 s");
+    assert!(
+        gone >= Duration::from_millis(1400) && gone < Duration::from_millis(2600),
+        "dropped after {gone:?}, limit 1.5 s"
+    );
+    assert!(broker.logs().contains("silent for"), "{}", broker.logs());
+    assert!(heartbeats >= 1, "heartbeats kept coming to the live client");
 }
