@@ -273,18 +273,34 @@ where
     let (mut events, mut outputs) = (Vec::new(), Vec::new());
     let mut ttft_ms: Option<u64> = None;
     let mut produced = false;
+    // One idle timer for the whole stream, re-armed only when it fires early (a chunk came
+    // since it was set): creating and cancelling a timer per token cost more than the token.
+    let idle = spec.settings.idle;
+    let mut last_chunk = Instant::now();
+    let mut timer = Box::pin(tokio::time::sleep_until((last_chunk + idle).min(deadline)));
     loop {
-        let idle_until = (Instant::now() + spec.settings.idle).min(deadline);
-        let next = tokio::time::timeout_at(idle_until, resp.next()).await;
+        let next = tokio::select! {
+            biased;
+            item = resp.next() => Ok(item),
+            () = &mut timer => Err(()),
+        };
+        if next.is_ok() {
+            last_chunk = Instant::now();
+        }
         let chunk = match next {
-            Err(_) => {
+            Err(()) => {
+                let due = (last_chunk + idle).min(deadline);
+                if Instant::now() < due {
+                    timer.as_mut().reset(due);
+                    continue;
+                }
                 return fail(
                     out,
                     produced,
                     "timeout",
                     "the backend stopped sending (timeout)".into(),
                     StopReason::UpstreamTimeout,
-                )
+                );
             }
             Ok(None) => {
                 parser.finish(&mut events);

@@ -170,6 +170,37 @@ async fn one_failing_model_gets_an_error_while_the_others_finish() {
 }
 
 #[actix_rt::test]
+async fn a_backend_that_stops_sending_times_out_while_a_steady_one_finishes() {
+    // Idle limit 0.6 s: tokens every 100 ms keep a stream alive (the idle timer is re-armed
+    // when it fires after a chunk), a 3 s gap after the first token ends the other one.
+    let models = ["steady-d100-w8", "stall-d3000-w3"];
+    let (broker, _m) = broker_with(&models, &[("SWITCHBOARD_IDLE_TIMEOUT_S", "0.6")]).await;
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.hello_new().await;
+    let started = Instant::now();
+    ws.send(send_msg("r1", PROMPT, &models)).await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    assert_eq!(
+        view.text.get("steady-d100-w8"),
+        Some(&expected("steady-d100-w8"))
+    );
+    assert_eq!(view.of("done", Some("steady-d100-w8")).len(), 1);
+    let stalled = view.of("error", Some("stall-d3000-w3"));
+    assert_eq!(stalled.len(), 1, "{:?}", view.events);
+    assert_eq!(stalled[0]["code"], "timeout", "{}", stalled[0]);
+    assert!(
+        !view.of("token", Some("stall-d3000-w3")).is_empty(),
+        "the first token came before the silence"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "ended by the idle limit, not the backend: {:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_rt::test]
 async fn cancel_ends_the_stream_within_50ms_closes_upstream_and_keeps_the_partial_answer() {
     let model = "c-spaced-w200";
     let (broker, m) = broker_with(&[model], &[]).await;
