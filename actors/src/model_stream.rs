@@ -189,8 +189,15 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
     let mut last_error = String::new();
     for backend in candidates {
         let _guard = backend.start_request();
+        let uri = match backend.uri("/v1/chat/completions") {
+            Ok(uri) => uri,
+            Err(e) => {
+                last_error = e;
+                continue;
+            }
+        };
         let mut req = client
-            .post(format!("{}/v1/chat/completions", backend.base_url))
+            .post(uri)
             .timeout(spec.settings.first_byte)
             .insert_header(("content-type", "application/json"))
             .insert_header(("accept", "text/event-stream"))

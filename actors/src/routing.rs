@@ -22,12 +22,16 @@ pub trait FailureSink: Send + Sync {
 /// shows. Shared between the routing table, in-flight requests and the backend actor.
 pub struct BackendHandle {
     pub id: Uuid,
+    /// `id` as text (response header, logs, metrics labels), formatted once.
+    pub id_text: Arc<str>,
     pub model: String,
     /// Base URL without a trailing `/v1` (paths like `/v1/chat/completions` are appended).
     pub base_url: String,
     pub api_key: Option<String>,
     /// Precomputed `Bearer <key>` header value, so the hot path does not format per request.
     pub auth_header: Option<String>,
+    /// Upstream URLs of the OpenAI routes, parsed once per backend instead of per request.
+    uris: Vec<(&'static str, awc::http::Uri)>,
     healthy: AtomicBool,
     active: AtomicBool,
     in_flight: AtomicU64,
@@ -35,13 +39,27 @@ pub struct BackendHandle {
     failures: RwLock<Option<Arc<dyn FailureSink>>>,
 }
 
+/// The routes whose upstream URLs each backend handle parses once.
+const UPSTREAM_PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+];
+
 impl BackendHandle {
     /// A handle for a backend at `endpoint_url` (a trailing `/v1` is folded away).
     pub fn new(id: Uuid, model: String, endpoint_url: &str, api_key: Option<String>) -> Self {
         let base = endpoint_url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
+        let uris = UPSTREAM_PATHS
+            .iter()
+            .filter_map(|path| Some((*path, format!("{base}{path}").parse().ok()?)))
+            .collect();
         Self {
             id,
+            id_text: id.to_string().into(),
+            uris,
             model,
             base_url: base,
             auth_header: api_key.as_ref().map(|k| format!("Bearer {k}")),
@@ -52,6 +70,16 @@ impl BackendHandle {
             requests_routed: AtomicU64::new(0),
             failures: RwLock::new(None),
         }
+    }
+
+    /// The upstream URL of `path` (e.g. `/v1/chat/completions`) on this backend.
+    pub fn uri(&self, path: &str) -> Result<awc::http::Uri, String> {
+        if let Some((_, uri)) = self.uris.iter().find(|(p, _)| *p == path) {
+            return Ok(uri.clone());
+        }
+        let url = format!("{}{path}", self.base_url);
+        url.parse()
+            .map_err(|e| format!("bad upstream URL {url}: {e}"))
     }
 
     /// Connects the handle to whoever handles passive failures (the backend actor).
@@ -207,6 +235,26 @@ mod tests {
 
     fn backend(model: &str, url: &str) -> Arc<BackendHandle> {
         Arc::new(BackendHandle::new(Uuid::new_v4(), model.into(), url, None))
+    }
+
+    #[test]
+    fn upstream_urls_fold_a_trailing_v1_and_are_parsed_once() {
+        for url in ["http://h:9/", "http://h:9/v1", "http://h:9/v1/"] {
+            let b = backend("m", url);
+            assert_eq!(
+                b.uri("/v1/chat/completions").unwrap().to_string(),
+                "http://h:9/v1/chat/completions",
+                "{url}"
+            );
+            assert_eq!(b.uri("/v1/models").unwrap().path(), "/v1/models");
+            assert_eq!(b.uri("/other").unwrap().to_string(), "http://h:9/other");
+        }
+        let b = backend("m", "http://lab.example:8000/api");
+        assert_eq!(
+            b.uri("/v1/embeddings").unwrap().to_string(),
+            "http://lab.example:8000/api/v1/embeddings"
+        );
+        assert_eq!(&*b.id_text, b.id.to_string().as_str());
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub async fn probe(
 ) -> Result<ProbeOk, String> {
     let started = Instant::now();
     let mut req = client
-        .get(format!("{}/v1/models", backend.base_url))
+        .get(backend.uri("/v1/models")?)
         .timeout(timeout)
         .insert_header(("Accept", "application/json"));
     if let Some(auth) = &backend.auth_header {

@@ -262,7 +262,8 @@ async fn proxy_attempts(
                     attempt + 1,
                 );
                 state.metrics.observe_ttfb(commit_ms);
-                outcome.backend = backend.id.to_string();
+                outcome.backend.clear();
+                outcome.backend.push_str(&backend.id_text);
                 return Ok(respond(committed, guard, arrived, &request_id, state));
             }
             Err(reason) => {
@@ -334,7 +335,7 @@ async fn try_backend(
     state: &AppState,
 ) -> Result<Committed, String> {
     let mut upstream = client
-        .post(format!("{}{}", backend.base_url, endpoint.path()))
+        .post(backend.uri(endpoint.path())?)
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((REQUEST_ID_HEADER, request_id));
     for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
@@ -407,7 +408,7 @@ fn respond(
     for header in c.headers {
         resp.append_header(header);
     }
-    resp.insert_header((BACKEND_HEADER, guard.backend().id.to_string()))
+    resp.insert_header((BACKEND_HEADER, &*guard.backend().id_text))
         .insert_header((REQUEST_ID_HEADER, request_id.to_string()));
     if c.is_sse {
         resp.insert_header(("x-accel-buffering", "no"));

@@ -104,9 +104,15 @@ pub struct RelayBody {
     first: Option<Bytes>,
     /// Whether the body is `text/event-stream` (keep-alives and error events are SSE-only).
     is_sse: bool,
+    /// Idle and keep-alive timers are armed once and re-armed only when they fire before
+    /// their due time (traffic came since), not reset on every chunk.
     idle: Pin<Box<Sleep>>,
     keepalive: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
+    /// When the upstream last sent something (the idle timeout counts from here).
+    last_upstream: Instant,
+    /// When the client last got something (the keep-alive comment counts from here).
+    last_sent: Instant,
     timers: RelayTimers,
     /// Ended: the upstream finished, or a failure was reported and its error sent.
     done: bool,
@@ -165,6 +171,8 @@ impl RelayBody {
             is_sse,
             idle: Box::pin(sleep(timers.idle)),
             keepalive: Box::pin(sleep(timers.keepalive)),
+            last_upstream: Instant::now(),
+            last_sent: Instant::now(),
             deadline: Box::pin(tokio::time::sleep_until(timers.deadline)),
             timers,
             done: false,
@@ -197,8 +205,8 @@ impl RelayBody {
 
     fn saw_traffic(&mut self) {
         let now = Instant::now();
-        self.idle.as_mut().reset(now + self.timers.idle);
-        self.keepalive.as_mut().reset(now + self.timers.keepalive);
+        self.last_upstream = now;
+        self.last_sent = now;
     }
 
     /// Ends the stream after a post-commit failure: the backend is marked (passive check) and
@@ -263,24 +271,47 @@ impl Stream for RelayBody {
         if this.deadline.as_mut().poll(cx).is_ready() {
             return this.fail("total request timeout reached".into());
         }
-        if this.idle.as_mut().poll(cx).is_ready() {
+        if silence_reached(&mut this.idle, this.last_upstream + this.timers.idle, cx) {
             let secs = this.timers.idle.as_secs_f64();
             return this.fail(format!("upstream silent for {secs:.0} s"));
         }
-        if this.is_sse && this.keepalive.as_mut().poll(cx).is_ready() {
-            let next = Instant::now() + this.timers.keepalive;
+        if this.is_sse
+            && silence_reached(
+                &mut this.keepalive,
+                this.last_sent + this.timers.keepalive,
+                cx,
+            )
+        {
+            this.last_sent = Instant::now();
+            let next = this.last_sent + this.timers.keepalive;
             this.keepalive.as_mut().reset(next);
+            // Registers the waker for the re-armed timer before we hand out the comment.
+            let _ = this.keepalive.as_mut().poll(cx);
             return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
         }
         Poll::Pending
     }
 }
 
+/// Whether `due` has passed, checked when `timer` fires; a timer that fired early (traffic
+/// moved `due` since it was armed) is re-armed for `due` and polled, so it wakes us again.
+fn silence_reached(timer: &mut Pin<Box<Sleep>>, due: Instant, cx: &mut Context<'_>) -> bool {
+    while timer.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= due {
+            return true;
+        }
+        timer.as_mut().reset(due);
+    }
+    false
+}
+
 /// Watches a byte stream for the `[DONE]` marker, also when it is split across chunks.
+/// Allocation-free: it keeps only the last `DONE.len() - 1` bytes seen.
 #[derive(Default)]
 struct DoneMarker {
-    /// The last bytes of the previous chunk (a marker may straddle two chunks).
-    tail: Vec<u8>,
+    /// The last bytes of the stream so far (a marker may straddle chunks).
+    tail: [u8; DONE.len() - 1],
+    tail_len: usize,
     seen: bool,
 }
 
@@ -292,17 +323,24 @@ impl DoneMarker {
             // A later data event after the marker would be odd; the marker still counts.
             return;
         }
-        let head = &chunk[..chunk.len().min(DONE.len())];
-        let mut joined = std::mem::take(&mut self.tail);
-        joined.extend_from_slice(head);
-        self.seen = contains(&joined, DONE) || contains(chunk, DONE);
+        // The seam: the old tail joined with the chunk's first bytes.
+        let mut seam = [0u8; 2 * (DONE.len() - 1)];
+        let head = &chunk[..chunk.len().min(DONE.len() - 1)];
+        seam[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        seam[self.tail_len..self.tail_len + head.len()].copy_from_slice(head);
+        let seam = &seam[..self.tail_len + head.len()];
+        self.seen = contains(seam, DONE) || contains(chunk, DONE);
+        // The new tail: the last bytes of (old tail + chunk).
         let keep = DONE.len() - 1;
-        self.tail = if chunk.len() >= keep {
-            chunk[chunk.len() - keep..].to_vec()
+        if chunk.len() >= keep {
+            self.tail.copy_from_slice(&chunk[chunk.len() - keep..]);
+            self.tail_len = keep;
         } else {
-            // `joined` holds the old tail and the whole (short) chunk.
-            joined[joined.len().saturating_sub(keep)..].to_vec()
-        };
+            let from = seam.len().saturating_sub(keep);
+            let last = &seam[from..];
+            self.tail[..last.len()].copy_from_slice(last);
+            self.tail_len = last.len();
+        }
     }
 }
 

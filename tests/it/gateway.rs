@@ -445,6 +445,48 @@ async fn backend_dying_mid_stream_ends_with_an_error_object() {
 }
 
 #[actix_rt::test]
+async fn a_steady_stream_gets_no_keepalives_and_a_stalled_one_ends_with_an_idle_error() {
+    let m = mock();
+    let broker = Broker::start(&[
+        ("SWITCHBOARD_KEEPALIVE_S", "0.3"),
+        ("SWITCHBOARD_IDLE_TIMEOUT_S", "0.8"),
+    ]);
+    for model in ["steady-d100", "stall-d3000-w3"] {
+        broker.register(model, &m.url()).await;
+    }
+    let url = format!("{}/v1/chat/completions", broker.url);
+    let (status, _, body) = request_raw("POST", &url, &[], Some(chat("steady-d100", true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains(": keepalive"), "tokens every 100 ms: {text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    let started = Instant::now();
+    let (status, _, body) =
+        request_raw("POST", &url, &[], Some(chat("stall-d3000-w3", true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&body);
+    let events = data_events(&text);
+    let last: Value =
+        serde_json::from_str(events.last().map_or("", String::as_str)).unwrap_or_default();
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("silent")),
+        "{text}"
+    );
+    assert!(
+        text.contains(": keepalive"),
+        "0.3 s keepalives in a 0.8 s silence: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_rt::test]
 async fn silent_committed_stream_gets_keepalive_comments() {
     let m = mock();
     let broker = Broker::start(&[
