@@ -768,10 +768,12 @@
     switch (conn.status) {
       case 'open': text = conn.transport === 'sse' ? 'Connected (SSE)' : 'Connected'; break;
       case 'reconnecting': text = `Reconnecting${next}`; break;
-      case 'lost': text = `Connection lost — still trying${conn.timer ? ` (next${next})` : '…'}`; break;
+      // SPEC §7's words; the "retry now" button follows the text. Retries go on meanwhile.
+      case 'lost': text = 'connection lost — '; break;
       default: text = 'Connecting…';
     }
     ui.connText.textContent = text;
+    ui.conn.title = conn.status === 'lost' && conn.timer ? `still trying: next attempt${next}` : '';
   }
   setInterval(() => { if (conn.timer) renderStatusText(); }, 250);
 
@@ -923,7 +925,10 @@
     };
     for (const t of SSE_EVENT_TYPES) es.addEventListener(t, onMessage);
     es.onmessage = onMessage;
-    es.onerror = async () => {
+    es.onerror = async (e) => {
+      // A server `event: error` (a model failed) is a MessageEvent with data, handled by
+      // onMessage like every other event; only a transport error has none.
+      if (e instanceof MessageEvent) return;
       if (conn.gen !== gen) return;
       // we run our own backoff (and pass last_event_id ourselves), so stop EventSource's retry
       es.close();

@@ -26,6 +26,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     push::configure(cfg);
 }
 
+/// A route for GET that answers HEAD too (headers only; actix-http drops the body), so
+/// `curl -I` and uptime checkers see the page or asset exists.
+pub fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
 /// Unknown routes answer in the same error shape as everything else.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let err = ApiError::not_found(format!("no route for {} {}", req.method(), req.path()));

@@ -458,7 +458,16 @@ async fn list_models(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_client(req.headers(), &state.client_keys)?;
+    // The compare page fills its picker from here with the UI's Basic credentials: it has no
+    // API key. Listing names is all they allow; completions still need a key.
+    let ui_password_set = state
+        .ui_credentials
+        .password
+        .as_deref()
+        .is_some_and(|p| !p.is_empty());
+    if !(ui_password_set && auth::ui_allowed(req.headers(), &state.ui_credentials)) {
+        auth::require_client(req.headers(), &state.client_keys)?;
+    }
     check_rate(&req, &state)?;
     let snapshot = state.table.snapshot();
     let mut models: Vec<_> = snapshot

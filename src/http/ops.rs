@@ -9,10 +9,13 @@ use crate::state::AppState;
 
 /// Routes for operators and platforms.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
+    cfg.route("/health", crate::http::get_or_head().to(health))
         .route("/metrics", web::get().to(metrics))
         .route("/debug/memory", web::get().to(memory))
-        .route("/api/limitations", web::get().to(limitations));
+        .route(
+            "/api/limitations",
+            crate::http::get_or_head().to(limitations),
+        );
 }
 
 /// Prometheus text; admin key required (it names backends and models).

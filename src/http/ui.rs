@@ -56,9 +56,9 @@ static ASSETS: &[Asset] = &[
 /// Routes for every embedded asset.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for asset in ASSETS {
-        cfg.route(asset.path, web::get().to(serve));
+        cfg.route(asset.path, crate::http::get_or_head().to(serve));
     }
-    cfg.route("/favicon.ico", web::get().to(no_icon));
+    cfg.route("/favicon.ico", crate::http::get_or_head().to(no_icon));
 }
 
 /// Browsers ask for an icon on every page; an empty answer keeps their consoles clean.

@@ -16,7 +16,7 @@ let ready = false;
 before(async () => {
   broker = await startBroker();
   mock = await startMock();
-  for (const m of ['sse-chat', 'sse-spaced-w20', 'sse-spaced-w60']) await broker.register(m, mock.url);
+  for (const m of ['sse-chat', 'sse-spaced-w20', 'sse-spaced-w60', 'sse-error500']) await broker.register(m, mock.url);
   browser = await launchBrowser();
   ready = await hasSessions(broker.url);
 });
@@ -66,6 +66,18 @@ test('sse page: a turn completes, a cancel keeps the partial text, a dropped str
   await waitConnected(page, 10000);
   await waitTurnComplete(page, 20000);
   assert.equal(await answerText(page, 'sse-spaced-w20'), mockReply('sse-spaced-w20', 'drop the stream', 20));
+
+  // a model that fails sends `event: error`: a model error, not a transport error, so the
+  // event stream stays open (no reconnect) while the other model streams on
+  let eventStreams = 0;
+  page.on('request', (r) => { if (r.url().includes('/events')) eventStreams += 1; });
+  await selectModels(page, ['sse-spaced-w20', 'sse-error500']);
+  await sendPrompt(page, 'one fails');
+  await waitPanelState(page, 'sse-error500', 'error', 10000);
+  await waitTurnComplete(page, 20000);
+  assert.equal(await answerText(page, 'sse-spaced-w20'), mockReply('sse-spaced-w20', 'one fails', 20));
+  assert.equal(eventStreams, 0, 'no reconnect after a model error');
+  assert.equal(await page.evaluate(() => window.__switchboard.state().status), 'open');
 
   assert.equal(websockets, 0, 'the SSE page never opens a WebSocket');
   assert.deepEqual(problems, []);

@@ -29,6 +29,8 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
             // `proxied(..)` is the gateway's POST route builder (src/http/openai.rs).
             let method = if rest.starts_with("proxied(") {
                 Some("post")
+            } else if rest.starts_with("crate::http::get_or_head(") {
+                Some("get") // GET (and HEAD, which is not documented separately)
             } else {
                 rest.strip_prefix("web::").and_then(|m| m.split('(').next())
             };

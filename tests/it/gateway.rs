@@ -565,6 +565,37 @@ async fn client_keys_are_required_and_never_forwarded() {
 }
 
 #[actix_rt::test]
+async fn the_ui_login_lists_models_but_does_not_replace_an_api_key() {
+    let m = mock();
+    let broker = Broker::start(&[
+        ("SWITCHBOARD_API_KEYS", "client-key-1"),
+        ("SWITCHBOARD_UI_PASSWORD", "pw"),
+    ]);
+    broker.register("listed", &m.url()).await;
+    // admin:pw
+    let basic = ("authorization", "Basic YWRtaW46cHc=");
+    let (status, list) = broker.call("GET", "/v1/models", &[basic], None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["data"][0]["id"], "listed");
+    let wrong = ("authorization", "Basic YWRtaW46bm9wZQ==");
+    let (status, _) = broker.call("GET", "/v1/models", &[wrong], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = broker
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            &[basic],
+            Some(chat("listed", false)),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "completions still need a key"
+    );
+}
+
+#[actix_rt::test]
 async fn bad_requests_get_openai_shaped_errors() {
     let m = mock();
     let broker = Broker::start(&[]);
