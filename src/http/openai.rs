@@ -33,6 +33,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Routes under `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/models", web::get().to(list_models))
+        .route("/v1/models/{model:.+}", web::get().to(get_model))
         .route("/v1/chat/completions", proxied(Endpoint::Chat))
         .route("/v1/completions", proxied(Endpoint::Completions))
         .route("/v1/embeddings", proxied(Endpoint::Embeddings));
@@ -472,17 +473,40 @@ async fn list_models(
     let snapshot = state.table.snapshot();
     let mut models: Vec<_> = snapshot
         .iter()
-        .filter_map(|(name, route)| {
-            let active = route.backends.iter().filter(|b| b.is_active()).count();
-            let healthy = route.backends.iter().filter(|b| b.is_routable()).count();
-            (active > 0).then(|| {
-                json!({"id": name, "object": "model", "created": state.started_unix,
-                       "owned_by": "switchboard", "backends": active, "healthy_backends": healthy})
-            })
-        })
+        .filter_map(|(name, route)| model_entry(name, &route.backends, state.started_unix))
         .collect();
     models.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": models})))
+}
+
+/// `GET /v1/models/{model}`: one entry of the list (the openai SDK's `models.retrieve`).
+async fn get_model(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    auth::require_client(req.headers(), &state.client_keys)?;
+    check_rate(&req, &state)?;
+    let snapshot = state.table.snapshot();
+    snapshot
+        .get(path.as_str())
+        .and_then(|route| model_entry(&path, &route.backends, state.started_unix))
+        .map(|entry| HttpResponse::Ok().json(entry))
+        .ok_or_else(|| ApiError::model_not_found(&path))
+}
+
+/// A model's `/v1/models` entry, when it has an active backend.
+fn model_entry(
+    name: &str,
+    backends: &[Arc<BackendHandle>],
+    created: u64,
+) -> Option<serde_json::Value> {
+    let active = backends.iter().filter(|b| b.is_active()).count();
+    let healthy = backends.iter().filter(|b| b.is_routable()).count();
+    (active > 0).then(|| {
+        json!({"id": name, "object": "model", "created": created,
+               "owned_by": "switchboard", "backends": active, "healthy_backends": healthy})
+    })
 }
 
 /// Proxy timing and limits, from configuration.

@@ -18,6 +18,11 @@ def test_model_listing(client):
     models = {m.id: m for m in client.models.list()}
     assert {"sdk-model", "sdk-tools"} <= set(models)
     assert models["sdk-model"].owned_by == "switchboard"
+    one = client.models.retrieve("sdk-model")
+    assert (one.id, one.owned_by) == ("sdk-model", "switchboard")
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.code == "model_not_found"
 
 
 def test_chat_completion(client):
