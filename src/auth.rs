@@ -66,6 +66,12 @@ pub struct UiCredentials {
     pub password: Option<String>,
 }
 
+/// Whether the request carries the UI's Basic login (only when a UI password is set): the
+/// compare page uses it for `GET /v1/models`, having no API key.
+pub fn ui_login_given(headers: &HeaderMap, creds: &UiCredentials) -> bool {
+    creds.password.as_deref().is_some_and(|p| !p.is_empty()) && ui_allowed(headers, creds)
+}
+
 /// Whether a request may use pages, `/ws` and `/api/sessions/*`.
 pub fn ui_allowed(headers: &HeaderMap, creds: &UiCredentials) -> bool {
     let Some(password) = creds.password.as_deref().filter(|p| !p.is_empty()) else {

@@ -243,6 +243,13 @@ impl Config {
                 });
             }
         }
+        if self.ws_heartbeat_s >= self.ws_silence_timeout_s {
+            // Pings are what keep an idle (but alive) client from counting as silent.
+            return Err(invalid(
+                "SWITCHBOARD_WS_HEARTBEAT_S",
+                "must be shorter than SWITCHBOARD_WS_SILENCE_TIMEOUT_S (pings keep idle clients alive)",
+            ));
+        }
         if self.max_consecutive_failures == 0 {
             return Err(invalid(
                 "SWITCHBOARD_MAX_CONSECUTIVE_FAILURES",
@@ -400,6 +407,15 @@ mod tests {
     fn bad_values_name_the_variable() {
         let err = parse(&["--health-interval-s", "0"]).validate().unwrap_err();
         assert!(err.to_string().starts_with("SWITCHBOARD_HEALTH_INTERVAL_S"));
+        let err = parse(&["--ws-heartbeat-s", "45"]).validate().unwrap_err();
+        assert!(
+            err.to_string().starts_with("SWITCHBOARD_WS_HEARTBEAT_S"),
+            "{err}"
+        );
+        assert_eq!(
+            parse(&["--ws-heartbeat-s", "1", "--ws-silence-timeout-s", "3"]).validate(),
+            Ok(())
+        );
         let clap_err = Config::try_parse_from(["switchboard", "--port", "http"]).unwrap_err();
         assert!(explain_clap_error(&clap_err).contains("PORT"));
         let clap_err = Config::try_parse_from(["switchboard", "--max-retries", "x"]).unwrap_err();

@@ -10,12 +10,6 @@
 //!
 //! The engine (registry, health, routing, upstream) lives in the `switchboard-actors` crate.
 
-/// Per-request buffers (request/response framing, headers, event frames) are allocated and
-/// freed at a high rate across worker threads; mimalloc's thread-local free lists cost far
-/// less than glibc's arenas there (glibc's malloc family was ~8 % of the proxy's CPU at c=64).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod auth;
 mod config;
 mod demo;

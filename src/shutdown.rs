@@ -11,9 +11,8 @@ use crate::state::AppState;
 
 /// How often the drain loop looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
-/// Time given to cancelled streams to write their final error event before the workers stop.
-const ERROR_FLUSH: Duration = Duration::from_millis(100);
-/// Time the HTTP workers get to finish after the drain (streams past it are dropped).
+/// Time the HTTP workers get to finish after the drain (streams past it are dropped); the
+/// gateway streams cancelled by the drain signal write their error event within it.
 pub const WORKER_GRACE: Duration = Duration::from_secs(1);
 
 /// Resolves on the first SIGTERM or SIGINT, naming it.
@@ -83,9 +82,5 @@ pub async fn drain(state: &AppState, server: &ServerHandle, drain_timeout: Durat
         state.drain.fire();
     }
     state.sessions.end_all(StopReason::Shutdown);
-    if left > 0 {
-        // Let the workers write the gateway streams' `shutdown` error events.
-        tokio::time::sleep(ERROR_FLUSH).await;
-    }
     server.stop(true).await;
 }

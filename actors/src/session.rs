@@ -481,10 +481,10 @@ impl Handler<Attach> for Session {
                 // A turn that ended while the client was away: the snapshot has its text, and
                 // its buffered `complete` (same id, deduplicated by the client) says it ended,
                 // as it would after a replay.
-                let ended = self
-                    .buffer
-                    .last()
-                    .filter(|e| self.turn.is_none() && e.kind == "complete");
+                // (`clear` forgets the last turn: then there is nothing to end.)
+                let ended = self.buffer.last().filter(|e| {
+                    self.turn.is_none() && self.last_turn.is_some() && e.kind == "complete"
+                });
                 if let Some(end) = ended {
                     if !msg.sink.deliver(Arc::clone(end)) {
                         return;

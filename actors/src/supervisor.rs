@@ -236,10 +236,7 @@ impl Handler<Register> for HealthSupervisor {
             let record = result?;
             if let Some(existing) = act.duplicate_of(&record.model_name, &record.endpoint_url, None)
             {
-                return Err(AdminError::Conflict(format!(
-                    "model {} is already registered at {} (registration_id {existing})",
-                    record.model_name, record.endpoint_url
-                )));
+                return Err(conflict(&record.model_name, &record.endpoint_url, existing));
             }
             act.registry
                 .put_durable(&record)
@@ -345,12 +342,7 @@ impl Handler<Update> for HealthSupervisor {
                     // The same rule as registration: one model once per URL.
                     let duplicate = result.as_ref().ok().and_then(|(c, _)| {
                         act.duplicate_of(&c.model_name, &c.endpoint_url, Some(id))
-                            .map(|existing| {
-                                AdminError::Conflict(format!(
-                                    "model {} is already registered at {} (registration_id {existing})",
-                                    c.model_name, c.endpoint_url
-                                ))
-                            })
+                            .map(|existing| conflict(&c.model_name, &c.endpoint_url, existing))
                     });
                     async move {
                         if let Some(conflict) = duplicate {
@@ -368,6 +360,16 @@ impl Handler<Update> for HealthSupervisor {
                 })
                 .map(move |result, act, _| {
                     let (candidate, probe, mut record) = result?;
+                    // Checked again here, in the same turn as the write: a registration may have
+                    // taken the pair while the old actor was retiring. Refused, the server
+                    // comes back as it was.
+                    let url = &candidate.endpoint_url;
+                    if let Some(existing) = act.duplicate_of(&candidate.model_name, url, Some(id)) {
+                        act.backends.remove(&id);
+                        act.spawn_backend(record, false);
+                        act.rebuild();
+                        return Err(conflict(&candidate.model_name, url, existing));
+                    }
                     record.model_name = candidate.model_name;
                     record.endpoint_url = candidate.endpoint_url;
                     record.api_key = candidate.api_key;
@@ -406,6 +408,13 @@ impl Handler<Update> for HealthSupervisor {
                 }),
         )
     }
+}
+
+/// 409: one model is registered once per URL.
+fn conflict(model: &str, url: &str, existing: Uuid) -> AdminError {
+    AdminError::Conflict(format!(
+        "model {model} is already registered at {url} (registration_id {existing})"
+    ))
 }
 
 /// The stored version of a record after a failed write, or the in-memory one if none is stored.

@@ -486,7 +486,8 @@ fn put(r: &mut TargetResult, key: &'static str, v: Option<f64>) {
 enum Kind {
     Ms,
     Rps,
-    /// Microseconds of proxy CPU (user + system); compared as a ratio like requests/s.
+    /// Microseconds of proxy CPU (user + system). Shown for proxies only: the `direct`
+    /// column has none (the mock runs inside the bench), so there is no "added" cell.
     Us,
 }
 

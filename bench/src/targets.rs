@@ -404,8 +404,8 @@ http {{
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const USER_HZ: u64 = 100;
 
-/// CPU time (user + system, all threads) of `pid` and its direct children (nginx's workers),
-/// so proxies with one process and with a master + workers compare alike.
+/// CPU time (user + system, all threads) of `pid` and its direct children only (nginx's
+/// workers; neither proxy forks deeper), so one process and master + workers compare alike.
 pub fn process_tree_cpu(pid: u32) -> Duration {
     let ticks_of = |stat: &str| -> Option<(u32, u64)> {
         // Fields after the parenthesised command name: state ppid ... utime(14) stime(15).

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod openai;
 pub mod ops;
+pub mod outbox;
 pub mod push;
 pub mod relay;
 pub mod sse;
@@ -44,9 +45,12 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 /// the per-IP rate limit and connection cap by sending their own header.
 pub fn client_ip(req: &HttpRequest, trust_proxy: bool) -> IpAddr {
     if trust_proxy {
+        // The last header line (a proxy may add its own line rather than append), and in it
+        // the last entry.
         let forwarded = req
             .headers()
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .last()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .or_else(|| req.headers().get("x-real-ip").and_then(|v| v.to_str().ok()))
@@ -72,6 +76,11 @@ mod tests {
             .to_http_request();
         assert_eq!(client_ip(&req, true).to_string(), "1.2.3.4");
         assert_eq!(client_ip(&req, false).to_string(), "10.0.0.1");
+        let two_lines = TestRequest::default()
+            .append_header(("x-forwarded-for", "6.6.6.6"))
+            .append_header(("x-forwarded-for", "1.2.3.5"))
+            .to_http_request();
+        assert_eq!(client_ip(&two_lines, true).to_string(), "1.2.3.5");
         let bare = TestRequest::default()
             .insert_header(("x-forwarded-for", "1.2.3.4"))
             .to_http_request();

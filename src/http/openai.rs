@@ -263,8 +263,7 @@ async fn proxy_attempts(
                     attempt + 1,
                 );
                 state.metrics.observe_ttfb(commit_ms);
-                outcome.backend.clear();
-                outcome.backend.push_str(&backend.id_text);
+                outcome.backend = backend.id_text.to_string();
                 return Ok(respond(committed, guard, arrived, &request_id, state));
             }
             Err(reason) => {
@@ -381,7 +380,11 @@ async fn try_backend(
         // The body ended before its first byte. A success answer is only whole when it said
         // it would be empty; an SSE stream, a declared length or a chunked body cut off by a
         // closed socket (awc reports that as a clean end) died before commit: next backend.
-        Ok(None) if status.is_success() && content_length != Some(0) => {
+        Ok(None)
+            if status.is_success()
+                && content_length != Some(0)
+                && !matches!(status, StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT) =>
+        {
             return Err("body ended before the first byte".into())
         }
         Ok(None) => None,
@@ -459,16 +462,7 @@ async fn list_models(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    // The compare page fills its picker from here with the UI's Basic credentials: it has no
-    // API key. Listing names is all they allow; completions still need a key.
-    let ui_password_set = state
-        .ui_credentials
-        .password
-        .as_deref()
-        .is_some_and(|p| !p.is_empty());
-    if !(ui_password_set && auth::ui_allowed(req.headers(), &state.ui_credentials)) {
-        auth::require_client(req.headers(), &state.client_keys)?;
-    }
+    require_lister(&req, &state)?;
     check_rate(&req, &state)?;
     let snapshot = state.table.snapshot();
     let mut models: Vec<_> = snapshot
@@ -485,7 +479,7 @@ async fn get_model(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_client(req.headers(), &state.client_keys)?;
+    require_lister(&req, &state)?;
     check_rate(&req, &state)?;
     let snapshot = state.table.snapshot();
     snapshot
@@ -493,6 +487,15 @@ async fn get_model(
         .and_then(|route| model_entry(&path, &route.backends, state.started_unix))
         .map(|entry| HttpResponse::Ok().json(entry))
         .ok_or_else(|| ApiError::model_not_found(&path))
+}
+
+/// Who may list models: a client key, or the UI's Basic login (the compare page fills its
+/// picker from `/v1/models` and has no API key). Completions always need a key.
+fn require_lister(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if auth::ui_login_given(req.headers(), &state.ui_credentials) {
+        return Ok(());
+    }
+    auth::require_client(req.headers(), &state.client_keys)
 }
 
 /// A model's `/v1/models` entry, when it has an active backend.

@@ -49,18 +49,32 @@ impl DrainSignal {
 /// A relay's registration with the [`DrainSignal`].
 struct DrainWatch {
     signal: Arc<DrainSignal>,
+    /// Registers the relay's waker with the `Notify`. Kept alive (dropping it unregisters)
+    /// but polled once only: a waiting `Notified` takes the `Notify`'s lock on every poll,
+    /// and the relay's task never changes its waker.
     notified: Pin<Box<OwnedNotified>>,
+    registered: bool,
 }
 
 impl DrainWatch {
     fn new(signal: Arc<DrainSignal>) -> Self {
         let notified = Box::pin(Arc::clone(&signal.notify).notified_owned());
-        Self { signal, notified }
+        Self {
+            signal,
+            notified,
+            registered: false,
+        }
     }
 
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        // Poll first (registers the waker), then look at the flag: a fire in between is seen.
-        self.notified.as_mut().poll(cx).is_ready() || self.signal.is_fired()
+        if !self.registered {
+            self.registered = true;
+            // Register first, then look at the flag: a fire in between is seen.
+            if self.notified.as_mut().poll(cx).is_ready() {
+                return true;
+            }
+        }
+        self.signal.is_fired()
     }
 }
 

@@ -6,35 +6,27 @@
 //!
 //! Session events skip the actor: the session-side sink puts them in the connection's
 //! [`Outbox`] and wakes the response body, whose wrapper ([`Metered`]) writes them as text
-//! frames, every event queued since its last turn in one chunk. The actor handles what the
-//! client sends, pings, heartbeats and closes; a session-initiated close first moves the
-//! events still in the outbox into its own buffer, so the close frame comes after them.
-//! That is one task hop and one mailbox message less per token than routing events through
-//! the actor.
+//! frames (see `outbox.rs`). That is one task hop and one mailbox message less per token than
+//! routing events through the actor. The actor handles what the client sends, pings,
+//! heartbeats and closes; every close (by the session, the client or a limit) first moves the
+//! events still in the outbox into the actor's own buffer and shuts the outbox, so the close
+//! frame is the last frame (RFC 6455 §5.5.1).
 //!
 //! Flow control: the actor lives inside the response body, so while a slow client's socket is
 //! full the dispatcher stops polling it and the actor cannot run. The queue is therefore
-//! measured outside the actor: the sink adds the frame bytes of every event it hands over,
-//! and the body wrapper subtracts what the dispatcher takes. Past the
-//! outbound limit (1 MiB) the sink refuses further events (the session detaches the
-//! connection, so memory stays bounded) and the connection is closed with 4009 as soon as it
-//! can write again: the client reconnects and resumes from its last id. Queued events are not
-//! merged: a resume from the session's buffer is the recovery path.
+//! measured in the outbox: past the outbound limit (1 MiB) the sink refuses further events
+//! (the session detaches the connection, so memory stays bounded) and the connection is
+//! closed with 4009 as soon as it can write again: the client reconnects and resumes from its
+//! last id. Queued events are not merged: a resume from the session's buffer is the recovery
+//! path.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::task::AtomicWaker;
-use futures_util::Stream;
 use switchboard_actors::events::{
     parse_client_message, ByteString, ClientMessage, Encoded, EventBody,
 };
@@ -42,12 +34,12 @@ use switchboard_actors::session::{Attach, Command, ConnectionSink, Detach, Sessi
 use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
 
 use crate::errors::ApiError;
+use crate::http::outbox::{Metered, Outbox, Pushed};
 use crate::http::sse::models_available;
 use crate::state::AppState;
 
 /// How long a new connection has to send `hello` (close 4400 after).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Heartbeat event and WebSocket ping cadence.
 /// Largest frame accepted from a client (close 1009 above).
 const MAX_FRAME: usize = 1024 * 1024;
 
@@ -88,7 +80,7 @@ async fn upgrade(
     } else {
         None
     };
-    let flow = Arc::new(Outbox::new(state.outbound_limit));
+    let outbox = Arc::new(Outbox::new(state.outbound_limit));
     let actor = WsConnection {
         conn_id,
         ip,
@@ -99,158 +91,13 @@ async fn upgrade(
         session: None,
         session_id: None,
         last_heard: Instant::now(),
-        flow: Arc::clone(&flow),
+        outbox: Arc::clone(&outbox),
     };
     let mut resp = ws::handshake(&req)
         .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))?;
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME);
     let body = WebsocketContext::with_codec(actor, payload, codec);
-    Ok(resp.streaming(Metered {
-        inner: Box::pin(body),
-        flow,
-        inner_first: false,
-    }))
-}
-
-/// The outbound side of one connection, outside its actor (see module docs): session events
-/// waiting to be written, and the byte count of everything queued for the client.
-struct Outbox {
-    events: parking_lot::Mutex<VecDeque<Arc<Encoded>>>,
-    /// The response body's task, woken when an event arrives.
-    waker: AtomicWaker,
-    /// The response body was dropped: the connection is gone.
-    gone: AtomicBool,
-    /// Frame bytes handed to the connection and not yet taken by the dispatcher.
-    queued: AtomicUsize,
-    /// The limit was passed: refuse events, close with 4009 when possible.
-    over: AtomicBool,
-    limit: usize,
-}
-
-impl Outbox {
-    fn new(limit: usize) -> Self {
-        Self {
-            events: parking_lot::Mutex::new(VecDeque::new()),
-            waker: AtomicWaker::new(),
-            gone: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
-            over: AtomicBool::new(false),
-            limit,
-        }
-    }
-
-    fn push(&self, event: Arc<Encoded>) {
-        self.events.lock().push_back(event);
-        self.waker.wake();
-    }
-
-    fn take(&self) -> VecDeque<Arc<Encoded>> {
-        std::mem::take(&mut *self.events.lock())
-    }
-
-    /// Every waiting event as text frames, in one buffer (one write for a burst of tokens).
-    fn take_frames(&self) -> Option<Bytes> {
-        let events = self.take();
-        if events.is_empty() {
-            return None;
-        }
-        let size = events.iter().map(|e| frame_len(e.json.len())).sum();
-        let mut out = BytesMut::with_capacity(size);
-        for event in &events {
-            put_text_frame(&mut out, event.json.as_bytes());
-        }
-        Some(out.freeze())
-    }
-
-    fn taken(&self, bytes: usize) {
-        let _ = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(bytes))
-            });
-    }
-}
-
-/// An unmasked, unfragmented server text frame (RFC 6455 §5.2).
-fn put_text_frame(out: &mut BytesMut, payload: &[u8]) {
-    out.put_u8(0x81); // FIN + text
-    match payload.len() {
-        n @ 0..=125 => out.put_u8(n as u8),
-        n @ 126..=65535 => {
-            out.put_u8(126);
-            out.put_u16(n as u16);
-        }
-        n => {
-            out.put_u8(127);
-            out.put_u64(n as u64);
-        }
-    }
-    out.put_slice(payload);
-}
-
-/// The WebSocket response body: the actor's frames and the outbox's events, alternating when
-/// both have something, with the bytes taken subtracted from the queue (see module docs).
-struct Metered<S> {
-    inner: Pin<Box<S>>,
-    flow: Arc<Outbox>,
-    /// The outbox was served last time: give the actor's frames (pongs, closes) their turn.
-    inner_first: bool,
-}
-
-impl<S> Metered<S>
-where
-    S: Stream<Item = Result<Bytes, actix_web::Error>>,
-{
-    fn poll_inner(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Bytes, actix_web::Error>>> {
-        let polled = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(Some(Ok(chunk))) = &polled {
-            self.flow.taken(chunk.len());
-        }
-        polled
-    }
-}
-
-impl<S> Stream for Metered<S>
-where
-    S: Stream<Item = Result<Bytes, actix_web::Error>>,
-{
-    type Item = Result<Bytes, actix_web::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        // Registered before looking, so an event pushed in between still wakes us.
-        this.flow.waker.register(cx.waker());
-        if std::mem::take(&mut this.inner_first) {
-            if let ready @ Poll::Ready(_) = this.poll_inner(cx) {
-                return ready;
-            }
-        }
-        if let Some(frames) = this.flow.take_frames() {
-            this.flow.taken(frames.len());
-            this.inner_first = true;
-            return Poll::Ready(Some(Ok(frames)));
-        }
-        this.poll_inner(cx)
-    }
-}
-
-impl<S> Drop for Metered<S> {
-    fn drop(&mut self) {
-        self.flow.gone.store(true, Ordering::Release);
-    }
-}
-
-/// Size of an unmasked server frame carrying `payload` bytes.
-fn frame_len(payload: usize) -> usize {
-    let header = match payload {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    };
-    payload + header
+    Ok(resp.streaming(Metered::new(body, outbox)))
 }
 
 /// One WebSocket client. Stopped by a close, a protocol error, silence, or its session ending.
@@ -269,7 +116,7 @@ pub struct WsConnection {
     session_id: Option<String>,
     last_heard: Instant,
     /// This connection's outbox and queue accounting, shared with its sink and body wrapper.
-    flow: Arc<Outbox>,
+    outbox: Arc<Outbox>,
 }
 
 impl WsConnection {
@@ -303,10 +150,22 @@ impl WsConnection {
 
     fn close_with(&mut self, ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
         log::info!("{} closing with {code}: {reason}", self.label());
-        ctx.close(Some(CloseReason {
-            code: CloseCode::Other(code),
-            description: Some(reason.to_string()),
-        }));
+        self.close_frame(
+            ctx,
+            Some(CloseReason {
+                code: CloseCode::Other(code),
+                description: Some(reason.to_string()),
+            }),
+        );
+    }
+
+    /// Sends the close frame last: events still in the outbox go into the actor's buffer
+    /// before it, and the outbox is shut so nothing follows it (RFC 6455 §5.5.1).
+    fn close_frame(&mut self, ctx: &mut WebsocketContext<Self>, reason: Option<CloseReason>) {
+        for event in self.outbox.close() {
+            self.send_now(ctx, &event.json);
+        }
+        ctx.close(reason);
         ctx.stop();
     }
 
@@ -317,9 +176,7 @@ impl WsConnection {
     /// An event outside the session sequence (pong, invalid message, busy, heartbeat).
     fn reply(&mut self, ctx: &mut WebsocketContext<Self>, body: &EventBody) {
         let event = Encoded::new(None, body);
-        self.flow
-            .queued
-            .fetch_add(frame_len(event.json.len()), Ordering::AcqRel);
+        self.outbox.count(event.json.len());
         self.send_now(ctx, &event.json);
     }
 
@@ -428,7 +285,7 @@ impl WsConnection {
             conn_id: self.conn_id,
             sink: Box::new(WsSink {
                 addr: ctx.address(),
-                flow: Arc::clone(&self.flow),
+                outbox: Arc::clone(&self.outbox),
             }),
             last_event_id: if resumed { last_event_id } else { None },
             resumed,
@@ -497,10 +354,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsConnection {
             }
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) | Ok(ws::Message::Continuation(_)) => {}
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
-            }
+            Ok(ws::Message::Close(reason)) => self.close_frame(ctx, reason),
             Err(ProtocolError::Overflow) => {
                 self.close_with(ctx, close::TOO_BIG, "frame larger than 1 MiB")
             }
@@ -522,10 +376,6 @@ impl Handler<CloseConnection> for WsConnection {
 
     fn handle(&mut self, CloseConnection(code, reason): CloseConnection, ctx: &mut Self::Context) {
         self.session = None; // the session already forgot us
-                             // Events the session sent before closing go out before the close frame.
-        for event in self.flow.take() {
-            self.send_now(ctx, &event.json);
-        }
         self.close_with(ctx, code, &reason);
     }
 }
@@ -534,64 +384,28 @@ impl Handler<CloseConnection> for WsConnection {
 /// address (closes); both work even while the actor cannot run.
 struct WsSink {
     addr: Addr<WsConnection>,
-    flow: Arc<Outbox>,
+    outbox: Arc<Outbox>,
 }
 
 impl ConnectionSink for WsSink {
     fn deliver(&self, event: Arc<Encoded>) -> bool {
-        if self.flow.gone.load(Ordering::Acquire)
-            || !self.addr.connected()
-            || self.flow.over.load(Ordering::Acquire)
-        {
+        if !self.addr.connected() {
             return false;
         }
-        let queued = self
-            .flow
-            .queued
-            .fetch_add(frame_len(event.json.len()), Ordering::AcqRel);
-        if queued > self.flow.limit {
-            self.flow.over.store(true, Ordering::Release);
-            self.addr.do_send(CloseConnection(
-                close::SLOW_CONSUMER,
-                "slow consumer: reconnect and resume".into(),
-            ));
-            return false;
+        match self.outbox.push(event) {
+            Pushed::Queued => true,
+            Pushed::Refused => false,
+            Pushed::OverLimit => {
+                self.addr.do_send(CloseConnection(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: reconnect and resume".into(),
+                ));
+                false
+            }
         }
-        self.flow.push(event);
-        true
     }
 
     fn close(&self, code: u16, reason: &str) {
         self.addr.do_send(CloseConnection(code, reason.to_string()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_frames_decode_with_the_server_codec() {
-        use actix_codec::Decoder;
-        for n in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
-            let payload = "x".repeat(n);
-            let mut buf = BytesMut::new();
-            put_text_frame(&mut buf, payload.as_bytes());
-            assert_eq!(buf.len(), frame_len(n), "{n}");
-            // The client side of the codec: unmasked frames from a server.
-            let mut codec = actix_http::ws::Codec::new().client_mode().max_size(1 << 20);
-            match codec.decode(&mut buf) {
-                Ok(Some(actix_http::ws::Frame::Text(t))) => assert_eq!(t.len(), n),
-                other => panic!("{n}: {other:?}"),
-            }
-            assert!(buf.is_empty());
-        }
-    }
-
-    #[test]
-    fn frame_lengths() {
-        assert_eq!(frame_len(10), 12);
-        assert_eq!(frame_len(200), 204);
-        assert_eq!(frame_len(70_000), 70_010);
     }
 }

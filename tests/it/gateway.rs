@@ -103,55 +103,63 @@ async fn failover_when_a_backend_answers_500() {
 
 #[actix_rt::test]
 async fn failover_when_a_backend_ends_its_body_before_the_first_byte() {
-    // 200 and headers, then a close: the stream died before commit, so it is retried.
-    let bad = mockllm::MockServer::builder()
-        .model_override("headonly")
-        .spawn()
-        .expect("mock");
-    let good = mock();
+    // 200 and headers, then a close: the stream died before commit, so it is retried. Both
+    // shapes, each on its own model and mocks so each bad backend is surely tried: a JSON head
+    // declaring a length that never comes, and an SSE head with no event.
     let broker = Broker::start(&[]);
-    let rbad = broker.register("empty", &bad.url()).await;
-    let rgood = broker.register("empty", &good.url()).await;
-    for stream in [false, true, false, true] {
-        let (status, headers, body) = request_raw(
-            "POST",
-            &format!("{}/v1/chat/completions", broker.url),
-            &[],
-            Some(chat("empty", stream)),
-        )
-        .await;
-        let text = String::from_utf8_lossy(&body);
-        assert_eq!(status, StatusCode::OK, "stream={stream}: {text}");
-        assert_eq!(
-            backend_of(&headers),
-            rgood["registration_id"].as_str().unwrap_or("-")
-        );
-        if stream {
-            assert!(text.contains("data: [DONE]"), "whole stream: {text}");
-            assert!(!text.contains("\"error\""), "no error event: {text}");
-        } else {
-            let v: Value = serde_json::from_slice(&body).expect("whole JSON body");
-            assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    for (model, stream) in [("empty-json", false), ("empty-sse", true)] {
+        let bad = mockllm::MockServer::builder()
+            .model_override("headonly")
+            .spawn()
+            .expect("mock");
+        let good = mock();
+        let rbad = broker.register(model, &bad.url()).await;
+        let rgood = broker.register(model, &good.url()).await;
+        // Two requests: round-robin puts the bad backend first in one of them.
+        for _ in 0..2 {
+            let (status, headers, body) = request_raw(
+                "POST",
+                &format!("{}/v1/chat/completions", broker.url),
+                &[],
+                Some(chat(model, stream)),
+            )
+            .await;
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(status, StatusCode::OK, "{model}: {text}");
+            assert_eq!(
+                backend_of(&headers),
+                rgood["registration_id"].as_str().unwrap_or("-")
+            );
+            if stream {
+                assert!(text.contains("data: [DONE]"), "whole stream: {text}");
+                assert!(!text.contains("\"error\""), "no error event: {text}");
+            } else {
+                let v: Value = serde_json::from_slice(&body).expect("whole JSON body");
+                assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+            }
         }
+        let tried = bad
+            .stats()
+            .requests_by_path
+            .get("/v1/chat/completions")
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(
+            tried, 1,
+            "{model}: the bad backend was tried once, then left out"
+        );
+        let (_, rec) = broker
+            .admin_json(
+                "GET",
+                &format!(
+                    "/admin/servers/{}",
+                    rbad["registration_id"].as_str().unwrap_or("")
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(rec["health_status"], "unhealthy", "{model}: {rec}");
     }
-    let tried = bad
-        .stats()
-        .requests_by_path
-        .get("/v1/chat/completions")
-        .copied()
-        .unwrap_or(0);
-    assert!(tried >= 1, "the bad backend was tried");
-    let (_, rec) = broker
-        .admin_json(
-            "GET",
-            &format!(
-                "/admin/servers/{}",
-                rbad["registration_id"].as_str().unwrap_or("")
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(rec["health_status"], "unhealthy", "{rec}");
 }
 
 #[actix_rt::test]

@@ -615,3 +615,99 @@ async fn a_silent_client_is_dropped_after_the_silence_timeout_and_a_live_one_is_
     assert!(broker.logs().contains("silent for"), "{}", broker.logs());
     assert!(heartbeats >= 1, "heartbeats kept coming to the live client");
 }
+
+/// `(opcode, payload)` of every whole frame in `data`.
+fn frames(data: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 2 <= data.len() {
+        let opcode = data[i] & 0x0f;
+        let (len, header) = match data[i + 1] & 0x7f {
+            126 if i + 4 <= data.len() => {
+                (u16::from_be_bytes([data[i + 2], data[i + 3]]) as usize, 4)
+            }
+            127 if i + 10 <= data.len() => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&data[i + 2..i + 10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            n if n < 126 => (n as usize, 2),
+            _ => break,
+        };
+        if i + header + len > data.len() {
+            break;
+        }
+        out.push((opcode, data[i + header..i + header + len].to_vec()));
+        i += header + len;
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn the_close_frame_is_the_last_frame_even_mid_stream() {
+    // A session deleted while a fast turn streams: events, then 4001, then nothing.
+    let model = "fast-d1-w3000";
+    let (broker, _m) = setup(&[model], &[]).await;
+    let addr: std::net::SocketAddr = broker
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        sock.read_exact(&mut byte).await.expect("read");
+        head.push(byte[0]);
+    }
+    sock.write_all(&masked_text_frame(br#"{"type":"hello"}"#))
+        .await
+        .expect("hello");
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let session_id = loop {
+        let n = sock.read(&mut buf).await.expect("read");
+        data.extend_from_slice(&buf[..n]);
+        let first = frames(&data).into_iter().next();
+        if let Some((_, payload)) = first {
+            let ev: Value = serde_json::from_slice(&payload).expect("session event");
+            break ev["session_id"].as_str().unwrap_or("").to_string();
+        }
+    };
+    sock.write_all(&masked_text_frame(
+        send_msg("r1", "go", &[model]).to_string().as_bytes(),
+    ))
+    .await
+    .expect("send");
+    // Let tokens flow, then end the session from the side.
+    while frames(&data).len() < 30 {
+        let n = sock.read(&mut buf).await.expect("read");
+        data.extend_from_slice(&buf[..n]);
+    }
+    let (status, _) = broker
+        .call("DELETE", &format!("/api/sessions/{session_id}"), &[], None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => data.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server did not close the socket"),
+        }
+    }
+    let all = frames(&data);
+    let (opcode, payload) = all.last().expect("frames");
+    assert_eq!(*opcode, 0x8, "the last frame is the close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4001);
+    let closes = all.iter().filter(|(op, _)| *op == 0x8).count();
+    assert_eq!(closes, 1);
+    let tokens = all
+        .iter()
+        .filter(|(op, p)| *op == 0x1 && p.windows(7).any(|w| w == b"\"token\""))
+        .count();
+    assert!(tokens > 10, "events streamed before the close ({tokens})");
+}
