@@ -326,31 +326,12 @@ async fn a_consumer_that_stops_reading_is_closed_with_4009() {
 }
 
 /// Walks unmasked server frames; returns the code of a close frame, if one arrived.
+/// The close code of the first whole close frame in `data`.
 fn find_close_code(data: &[u8]) -> Option<u16> {
-    let mut i = 0;
-    while i + 2 <= data.len() {
-        let opcode = data[i] & 0x0f;
-        let (len, header) = match data[i + 1] & 0x7f {
-            126 if i + 4 <= data.len() => {
-                (u16::from_be_bytes([data[i + 2], data[i + 3]]) as usize, 4)
-            }
-            127 if i + 10 <= data.len() => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&data[i + 2..i + 10]);
-                (u64::from_be_bytes(b) as usize, 10)
-            }
-            n if n < 126 => (n as usize, 2),
-            _ => return None,
-        };
-        if i + header + len > data.len() {
-            return None;
-        }
-        if opcode == 0x8 && len >= 2 {
-            return Some(u16::from_be_bytes([data[i + header], data[i + header + 1]]));
-        }
-        i += header + len;
-    }
-    None
+    frames(data)
+        .into_iter()
+        .find(|(opcode, payload)| *opcode == 0x8 && payload.len() >= 2)
+        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
 }
 
 fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
