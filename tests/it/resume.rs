@@ -271,25 +271,7 @@ async fn a_consumer_that_stops_reading_is_closed_with_4009() {
     // A small outbound limit (default 1 MiB) so the test needs little traffic.
     let (broker, _m) = setup(&[model], &[("SWITCHBOARD_OUTBOUND_LIMIT_BYTES", "32768")]).await;
     // A raw socket with a tiny receive buffer that never reads after the handshake.
-    let addr: std::net::SocketAddr = broker
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("addr");
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut sock = socket.connect(addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    sock.write_all(req.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        sock.read_exact(&mut byte).await.expect("read");
-        head.push(byte[0]);
-    }
-    assert!(String::from_utf8_lossy(&head).contains("101"));
+    let mut sock = raw_upgrade(&broker.url, Some(4096)).await;
     for msg in [json!({"type": "hello"}), send_msg("r1", "go", &[model])] {
         sock.write_all(&masked_text_frame(msg.to_string().as_bytes()))
             .await
@@ -326,6 +308,32 @@ async fn a_consumer_that_stops_reading_is_closed_with_4009() {
 }
 
 /// Walks unmasked server frames; returns the code of a close frame, if one arrived.
+/// A raw TCP socket upgraded to a WebSocket on `/ws` (101 read), for tests that need to
+/// control reading and see the bytes as sent; `rcvbuf` shrinks its receive buffer.
+async fn raw_upgrade(base: &str, rcvbuf: Option<u32>) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).expect("rcvbuf");
+    }
+    let mut sock = socket.connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        sock.read_exact(&mut byte).await.expect("read");
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).contains(" 101 "),
+        "upgrade: {head:?}"
+    );
+    sock
+}
+
 /// The close code of the first whole close frame in `data`.
 fn find_close_code(data: &[u8]) -> Option<u16> {
     frames(data)
@@ -551,16 +559,7 @@ async fn a_silent_client_is_dropped_after_the_silence_timeout_and_a_live_one_is_
     live.hello_new().await;
 
     // A raw client that says hello and then never sends anything (no pongs).
-    let addr: std::net::SocketAddr = broker
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("addr");
-    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    sock.write_all(req.as_bytes()).await.expect("write");
+    let mut sock = raw_upgrade(&broker.url, None).await;
     sock.write_all(&masked_text_frame(br#"{"type":"hello"}"#))
         .await
         .expect("hello");
@@ -629,22 +628,7 @@ async fn the_close_frame_is_the_last_frame_even_mid_stream() {
     // A session deleted while a fast turn streams: events, then 4001, then nothing.
     let model = "fast-d1-w3000";
     let (broker, _m) = setup(&[model], &[]).await;
-    let addr: std::net::SocketAddr = broker
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("addr");
-    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    sock.write_all(req.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        sock.read_exact(&mut byte).await.expect("read");
-        head.push(byte[0]);
-    }
+    let mut sock = raw_upgrade(&broker.url, None).await;
     sock.write_all(&masked_text_frame(br#"{"type":"hello"}"#))
         .await
         .expect("hello");
