@@ -157,13 +157,13 @@ pub fn render(
         for b in &route.backends {
             let (routed, flying) = b.counters();
             in_flight += flying;
-            backends.push((
-                model.clone(),
-                b.id.to_string(),
-                b.is_routable(),
-                b.is_active(),
+            backends.push(BackendRow {
+                model: model.clone(),
+                id: b.id_text.clone(),
+                up: b.is_routable(),
+                active: b.is_active(),
                 routed,
-            ));
+            });
         }
     }
     backends.sort();
@@ -234,46 +234,37 @@ pub fn render(
         head(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
-    head(
-        &mut out,
-        "switchboard_backend_up",
-        "gauge",
-        "1 when the backend is healthy and active (in the rotation).",
-    );
-    for (model, id, up, _, _) in &backends {
-        let _ = writeln!(
-            out,
-            "switchboard_backend_up{{backend=\"{id}\",model=\"{}\"}} {}",
-            label(model),
-            u8::from(*up)
-        );
-    }
-    head(
-        &mut out,
-        "switchboard_backend_active",
-        "gauge",
-        "0 when the backend was deactivated after repeated failures.",
-    );
-    for (model, id, _, active, _) in &backends {
-        let _ = writeln!(
-            out,
-            "switchboard_backend_active{{backend=\"{id}\",model=\"{}\"}} {}",
-            label(model),
-            u8::from(*active)
-        );
-    }
-    head(
-        &mut out,
-        "switchboard_backend_requests_total",
-        "counter",
-        "Requests routed to each backend.",
-    );
-    for (model, id, _, _, routed) in &backends {
-        let _ = writeln!(
-            out,
-            "switchboard_backend_requests_total{{backend=\"{id}\",model=\"{}\"}} {routed}",
-            label(model)
-        );
+    // Per-backend series: (name, kind, help, the value of one backend).
+    let per_backend: [BackendSeries; 3] = [
+        (
+            "switchboard_backend_up",
+            "gauge",
+            "1 when the backend is healthy and active (in the rotation).",
+            |b| u64::from(b.up),
+        ),
+        (
+            "switchboard_backend_active",
+            "gauge",
+            "0 when the backend was deactivated after repeated failures.",
+            |b| u64::from(b.active),
+        ),
+        (
+            "switchboard_backend_requests_total",
+            "counter",
+            "Requests routed to each backend.",
+            |b| b.routed,
+        ),
+    ];
+    for (name, kind, help, value) in per_backend {
+        head(&mut out, name, kind, help);
+        for b in &backends {
+            let (model, id) = (label(&b.model), &b.id);
+            let _ = writeln!(
+                out,
+                "{name}{{backend=\"{id}\",model=\"{model}\"}} {}",
+                value(b)
+            );
+        }
     }
     out
 }
@@ -350,3 +341,21 @@ pub fn render_push(out: &mut String, p: &switchboard_actors::push::PushStats) {
         );
     }
 }
+
+/// One backend's line in the per-backend series (sorted by model, then id).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct BackendRow {
+    model: String,
+    id: std::sync::Arc<str>,
+    up: bool,
+    active: bool,
+    routed: u64,
+}
+
+/// A per-backend series: name, kind, help and how to read its value from a backend.
+type BackendSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendRow) -> u64,
+);

@@ -9,6 +9,7 @@
 //! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
 //! - [`backend`]: one actor per server: its health checks, failure policy and record.
 //! - [`supervisor`]: owns the backend actors; register/update/delete; rebuilds routing.
+//! - [`silence`]: idle/keep-alive timeouts that cost nothing per chunk.
 //! - [`sse`]: the incremental Server-Sent-Events parser for upstream streams.
 //! - [`openai_stream`]: OpenAI chunk stream → text, tool calls, usage (both tool-call styles).
 //! - [`events`]: the session wire format shared by the WebSocket and SSE transports.
@@ -33,6 +34,7 @@ pub mod registry;
 pub mod routing;
 pub mod session;
 pub mod sessions;
+pub mod silence;
 pub mod sse;
 pub mod supervisor;
 pub mod upstream;

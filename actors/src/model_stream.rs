@@ -20,6 +20,7 @@ use crate::history::{estimate_tokens, Message};
 use crate::openai_stream::{ChunkInterpreter, Output};
 use crate::record::now_ms;
 use crate::routing::{RouteError, RoutingTable};
+use crate::silence::SilenceTimer;
 use crate::sse::SseParser;
 use crate::upstream;
 
@@ -280,27 +281,18 @@ where
     let (mut events, mut outputs) = (Vec::new(), Vec::new());
     let mut ttft_ms: Option<u64> = None;
     let mut produced = false;
-    // One idle timer for the whole stream, re-armed only when it fires early (a chunk came
-    // since it was set): creating and cancelling a timer per token cost more than the token.
-    let idle = spec.settings.idle;
-    let mut last_chunk = Instant::now();
-    let mut timer = Box::pin(tokio::time::sleep_until((last_chunk + idle).min(deadline)));
+    let mut silence = SilenceTimer::new(spec.settings.idle, Some(deadline));
     loop {
         let next = tokio::select! {
             biased;
             item = resp.next() => Ok(item),
-            () = &mut timer => Err(()),
+            () = silence.elapsed() => Err(()),
         };
         if next.is_ok() {
-            last_chunk = Instant::now();
+            silence.touch();
         }
         let chunk = match next {
             Err(()) => {
-                let due = (last_chunk + idle).min(deadline);
-                if Instant::now() < due {
-                    timer.as_mut().reset(due);
-                    continue;
-                }
                 return fail(
                     out,
                     produced,

@@ -895,22 +895,12 @@ async fn phase_fanout(
     total
 }
 
-/// Linux `USER_HZ`: the unit of utime/stime in `/proc/*/stat`.
-const CLK_TCK: f64 = 100.0;
-
-/// utime + stime of a `/proc/.../stat` line, in ticks.
-fn stat_ticks(path: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
+/// Ticks per second of `/proc/*/stat` times.
+const CLK_TCK: f64 = targets::USER_HZ as f64;
 
 /// CPU ticks so far: [broker process, mock threads of this process, this process's main thread].
 fn cpu_snapshot(broker_pid: Option<u32>) -> [Option<u64>; 3] {
-    let broker = broker_pid.and_then(|p| stat_ticks(&format!("/proc/{p}/stat")));
+    let broker = broker_pid.and_then(|p| targets::stat_ticks(&format!("/proc/{p}/stat")));
     let me = std::process::id();
     let mut mock = None;
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
@@ -918,13 +908,13 @@ fn cpu_snapshot(broker_pid: Option<u32>) -> [Option<u64>; 3] {
             let path = entry.path();
             let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
             if comm.starts_with("mockllm") {
-                if let Some(t) = stat_ticks(&path.join("stat").to_string_lossy()) {
+                if let Some(t) = targets::stat_ticks(&path.join("stat").to_string_lossy()) {
                     *mock.get_or_insert(0) += t;
                 }
             }
         }
     }
-    let client = stat_ticks(&format!("/proc/self/task/{me}/stat"));
+    let client = targets::stat_ticks(&format!("/proc/self/task/{me}/stat"));
     [broker, mock, client]
 }
 

@@ -401,21 +401,29 @@ http {{
     }
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
-const USER_HZ: u64 = 100;
+/// Linux `USER_HZ`: the unit of utime/stime in `/proc/*/stat`.
+pub const USER_HZ: u64 = 100;
+
+/// `(ppid, utime + stime in ticks)` of a `/proc/.../stat` file.
+fn read_stat(path: &str) -> Option<(u32, u64)> {
+    let stat = fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// utime + stime of a `/proc/.../stat` file (a process or one of its tasks), in ticks.
+pub fn stat_ticks(path: &str) -> Option<u64> {
+    read_stat(path).map(|(_, ticks)| ticks)
+}
 
 /// CPU time (user + system, all threads) of `pid` and its direct children only (nginx's
 /// workers; neither proxy forks deeper), so one process and master + workers compare alike.
 pub fn process_tree_cpu(pid: u32) -> Duration {
-    let ticks_of = |stat: &str| -> Option<(u32, u64)> {
-        // Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ppid = fields.get(1)?.parse().ok()?;
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some((ppid, utime + stime))
-    };
     let mut ticks = 0;
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -426,10 +434,7 @@ pub fn process_tree_cpu(pid: u32) -> Duration {
             else {
                 continue;
             };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            if let Some((ppid, t)) = ticks_of(&stat) {
+            if let Some((ppid, t)) = read_stat(&format!("/proc/{p}/stat")) {
                 if p == pid || ppid == pid {
                     ticks += t;
                 }

@@ -16,9 +16,10 @@ use awc::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 use switchboard_actors::routing::InFlightGuard;
+use switchboard_actors::silence::SilenceTimer;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
-use tokio::time::{sleep, Instant, Sleep};
+use tokio::time::{Instant, Sleep};
 
 use crate::errors::ApiError;
 use crate::metrics::GatewayMetrics;
@@ -118,15 +119,11 @@ pub struct RelayBody {
     first: Option<Bytes>,
     /// Whether the body is `text/event-stream` (keep-alives and error events are SSE-only).
     is_sse: bool,
-    /// Idle and keep-alive timers are armed once and re-armed only when they fire before
-    /// their due time (traffic came since), not reset on every chunk.
-    idle: Pin<Box<Sleep>>,
-    keepalive: Pin<Box<Sleep>>,
+    /// Silence of the upstream (the idle timeout).
+    idle: SilenceTimer,
+    /// Silence towards the client (the keep-alive comment).
+    keepalive: SilenceTimer,
     deadline: Pin<Box<Sleep>>,
-    /// When the upstream last sent something (the idle timeout counts from here).
-    last_upstream: Instant,
-    /// When the client last got something (the keep-alive comment counts from here).
-    last_sent: Instant,
     timers: RelayTimers,
     /// Ended: the upstream finished, or a failure was reported and its error sent.
     done: bool,
@@ -183,10 +180,8 @@ impl RelayBody {
             upstream,
             first,
             is_sse,
-            idle: Box::pin(sleep(timers.idle)),
-            keepalive: Box::pin(sleep(timers.keepalive)),
-            last_upstream: Instant::now(),
-            last_sent: Instant::now(),
+            idle: SilenceTimer::new(timers.idle, None),
+            keepalive: SilenceTimer::new(timers.keepalive, None),
             deadline: Box::pin(tokio::time::sleep_until(timers.deadline)),
             timers,
             done: false,
@@ -218,9 +213,8 @@ impl RelayBody {
     }
 
     fn saw_traffic(&mut self) {
-        let now = Instant::now();
-        self.last_upstream = now;
-        self.last_sent = now;
+        self.idle.touch();
+        self.keepalive.touch();
     }
 
     /// Ends the stream after a post-commit failure: the backend is marked (passive check) and
@@ -285,38 +279,18 @@ impl Stream for RelayBody {
         if this.deadline.as_mut().poll(cx).is_ready() {
             return this.fail("total request timeout reached".into());
         }
-        if silence_reached(&mut this.idle, this.last_upstream + this.timers.idle, cx) {
+        if this.idle.poll_elapsed(cx).is_ready() {
             let secs = this.timers.idle.as_secs_f64();
             return this.fail(format!("upstream silent for {secs:.0} s"));
         }
-        if this.is_sse
-            && silence_reached(
-                &mut this.keepalive,
-                this.last_sent + this.timers.keepalive,
-                cx,
-            )
-        {
-            this.last_sent = Instant::now();
-            let next = this.last_sent + this.timers.keepalive;
-            this.keepalive.as_mut().reset(next);
-            // Registers the waker for the re-armed timer before we hand out the comment.
-            let _ = this.keepalive.as_mut().poll(cx);
+        if this.is_sse && this.keepalive.poll_elapsed(cx).is_ready() {
+            this.keepalive.touch();
+            // Re-arms the timer (and registers the waker) before we hand out the comment.
+            let _ = this.keepalive.poll_elapsed(cx);
             return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
         }
         Poll::Pending
     }
-}
-
-/// Whether `due` has passed, checked when `timer` fires; a timer that fired early (traffic
-/// moved `due` since it was armed) is re-armed for `due` and polled, so it wakes us again.
-fn silence_reached(timer: &mut Pin<Box<Sleep>>, due: Instant, cx: &mut Context<'_>) -> bool {
-    while timer.as_mut().poll(cx).is_ready() {
-        if Instant::now() >= due {
-            return true;
-        }
-        timer.as_mut().reset(due);
-    }
-    false
 }
 
 /// Watches a byte stream for the `[DONE]` marker, also when it is split across chunks.

@@ -251,9 +251,7 @@ async fn update_changes_fields_and_a_refused_update_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, after) = broker
-        .admin_json("GET", &format!("/admin/servers/{id}"), None)
-        .await;
+    let after = broker.server(&id).await;
     assert_eq!(after["endpoint_url"], a.url().as_str());
     assert_eq!(after["description"], "lab GPU");
 

@@ -77,15 +77,8 @@ async fn failover_when_a_backend_answers_500() {
             rgood["registration_id"].as_str().unwrap_or("-")
         );
     }
-    let (_, rec) = broker
-        .admin_json(
-            "GET",
-            &format!(
-                "/admin/servers/{}",
-                rbad["registration_id"].as_str().unwrap_or("")
-            ),
-            None,
-        )
+    let rec = broker
+        .server(rbad["registration_id"].as_str().unwrap_or(""))
         .await;
     assert!(
         bad.stats()
@@ -148,15 +141,8 @@ async fn failover_when_a_backend_ends_its_body_before_the_first_byte() {
             tried, 1,
             "{model}: the bad backend was tried once, then left out"
         );
-        let (_, rec) = broker
-            .admin_json(
-                "GET",
-                &format!(
-                    "/admin/servers/{}",
-                    rbad["registration_id"].as_str().unwrap_or("")
-                ),
-                None,
-            )
+        let rec = broker
+            .server(rbad["registration_id"].as_str().unwrap_or(""))
             .await;
         assert_eq!(rec["health_status"], "unhealthy", "{model}: {rec}");
     }

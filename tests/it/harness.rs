@@ -165,6 +165,13 @@ impl Broker {
         body
     }
 
+    /// The single-server record of `id` (with its health history); `Null` if there is none.
+    pub async fn server(&self, id: &str) -> Value {
+        self.admin_json("GET", &format!("/admin/servers/{id}"), None)
+            .await
+            .1
+    }
+
     /// An admin request with the right key.
     pub async fn admin_json(
         &self,

@@ -3,16 +3,8 @@
 use std::time::Duration;
 
 use awc::http::StatusCode;
-use serde_json::Value;
 
 use crate::harness::*;
-
-async fn record(broker: &Broker, id: &str) -> Value {
-    broker
-        .admin_json("GET", &format!("/admin/servers/{id}"), None)
-        .await
-        .1
-}
 
 #[actix_rt::test]
 async fn failing_backend_leaves_rotation_is_deactivated_and_comes_back() {
@@ -31,7 +23,7 @@ async fn failing_backend_leaves_rotation_is_deactivated_and_comes_back() {
 
     sick.set_health(false);
     let left = wait_for(Duration::from_secs(5), || async {
-        record(&broker, &id).await["health_status"] == "unhealthy"
+        broker.server(&id).await["health_status"] == "unhealthy"
     })
     .await
     .expect("marked unhealthy");
@@ -57,11 +49,11 @@ async fn failing_backend_leaves_rotation_is_deactivated_and_comes_back() {
     }
 
     wait_for(Duration::from_secs(5), || async {
-        record(&broker, &id).await["is_active"] == false
+        broker.server(&id).await["is_active"] == false
     })
     .await
     .expect("deactivated at the max");
-    let r = record(&broker, &id).await;
+    let r = broker.server(&id).await;
     assert_eq!(r["consecutive_failures"], 3, "{r}");
     assert!(
         r["last_error"].as_str().unwrap_or("").contains("HTTP 500"),
@@ -76,7 +68,7 @@ async fn failing_backend_leaves_rotation_is_deactivated_and_comes_back() {
     sick.set_health(true);
     // Deactivated servers are probed every 10 intervals (4 s here).
     wait_for(Duration::from_secs(8), || async {
-        let r = record(&broker, &id).await;
+        let r = broker.server(&id).await;
         r["is_active"] == true && r["health_status"] == "healthy"
     })
     .await
@@ -104,7 +96,7 @@ async fn activate_reenables_a_deactivated_server() {
     let id = rec["registration_id"].as_str().unwrap_or("").to_string();
     m.set_health(false);
     wait_for(Duration::from_secs(6), || async {
-        record(&broker, &id).await["is_active"] == false
+        broker.server(&id).await["is_active"] == false
     })
     .await
     .expect("deactivated");
@@ -115,7 +107,7 @@ async fn activate_reenables_a_deactivated_server() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(r["is_active"], true);
     wait_for(Duration::from_secs(3), || async {
-        record(&broker, &id).await["health_status"] == "healthy"
+        broker.server(&id).await["health_status"] == "healthy"
     })
     .await
     .expect("healthy after activation");
