@@ -5,6 +5,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+use switchboard_actors::json::JsonError;
 use switchboard_actors::routing::RouteError;
 use switchboard_actors::supervisor::AdminError;
 
@@ -227,6 +228,21 @@ impl ResponseError for ApiError {
             ));
         }
         resp.json(self.body())
+    }
+}
+
+/// A body that did not parse: 400, naming the field in the message and in `param`.
+impl From<JsonError> for ApiError {
+    fn from(e: JsonError) -> Self {
+        let message = if e.syntax {
+            format!("request body is {e}")
+        } else {
+            format!("invalid request body: {e}")
+        };
+        match e.field {
+            Some(field) => ApiError::invalid_param(&field, message),
+            None => ApiError::invalid(message),
+        }
     }
 }
 

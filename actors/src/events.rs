@@ -255,14 +255,60 @@ pub struct SendTurn {
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Parses a client frame; the error text is what the `invalid_message` event says.
+/// Parses a client frame; the error text is what the `invalid_message` event says. The `type`
+/// is read first and the rest parsed as that message's fields, so a wrong field is named
+/// (an internally tagged enum would buffer the fields and lose the path).
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    if !value.is_object() {
+    let serde_json::Value::Object(mut fields) = value else {
         return Err("a message must be a JSON object with a \"type\"".into());
+    };
+    let kind = match fields.remove("type") {
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(_) => return Err("not a valid message: `type` must be a string".into()),
+        None => return Err("not a valid message: missing field `type`".into()),
+    };
+    let rest = serde_json::Value::Object(fields);
+    let invalid = |e: crate::json::JsonError| format!("not a valid message: {e}");
+    match kind.as_str() {
+        "hello" => {
+            let h: HelloFields = crate::json::from_value(rest).map_err(invalid)?;
+            Ok(ClientMessage::Hello {
+                session_id: h.session_id,
+                last_event_id: h.last_event_id,
+            })
+        }
+        "send" => Ok(ClientMessage::Send(
+            crate::json::from_value(rest).map_err(invalid)?,
+        )),
+        "cancel" => {
+            let c: CancelFields = crate::json::from_value(rest).map_err(invalid)?;
+            Ok(ClientMessage::Cancel {
+                request_id: c.request_id,
+                model: c.model,
+            })
+        }
+        "clear" => Ok(ClientMessage::Clear {}),
+        "ping" => Ok(ClientMessage::Ping {}),
+        other => Err(format!(
+            "not a valid message: unknown `type` `{other}` (expected hello, send, cancel, clear or ping)"
+        )),
     }
-    serde_json::from_value(value).map_err(|e| format!("not a valid message: {e}"))
+}
+
+/// The fields of a `hello` (see [`ClientMessage::Hello`]).
+#[derive(Deserialize)]
+struct HelloFields {
+    session_id: Option<String>,
+    last_event_id: Option<u64>,
+}
+
+/// The fields of a `cancel` (see [`ClientMessage::Cancel`]).
+#[derive(Deserialize)]
+struct CancelFields {
+    request_id: String,
+    model: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - [`silence`]: idle/keep-alive timeouts that cost nothing per chunk.
 //! - [`sse`]: the incremental Server-Sent-Events parser for upstream streams.
 //! - [`openai_stream`]: OpenAI chunk stream → text, tool calls, usage (both tool-call styles).
+//! - [`json`]: the one JSON-body parser; errors name the offending field.
 //! - [`events`]: the session wire format shared by the WebSocket and SSE transports.
 //! - [`buffer`]: the per-session resume buffer (bounded in events and bytes).
 //! - [`history`]: per-model conversation history, trimmed by turns and tokens.
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod buffer;
 pub mod events;
 pub mod history;
+pub mod json;
 pub mod metrics;
 pub mod model_stream;
 pub mod openai_stream;

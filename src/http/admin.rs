@@ -84,20 +84,13 @@ fn required(field: &str, value: Option<Option<String>>) -> Result<Option<String>
     }
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid(
             "request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        if e.is_syntax() || e.is_eof() {
-            ApiError::invalid(format!("request body is not valid JSON: {msg}"))
-        } else {
-            ApiError::invalid(format!("invalid request body: {msg}"))
-        }
-    })
+    Ok(switchboard_actors::json::from_slice(body)?)
 }
 
 fn check_model_name(name: &str) -> Result<String, ApiError> {

@@ -79,16 +79,13 @@ struct RequestHead {
 /// Validates the body enough to route it: a JSON object with a string `model`, a boolean
 /// `stream` if present and (for chat) an array `messages`. Returns the model name.
 pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<String, ApiError> {
-    let head: RequestHead = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            if e.to_string().contains("expected a sequence") {
-                return ApiError::invalid_param("messages", "`messages` must be an array");
-            }
-            ApiError::invalid(format!("request body must be a JSON object: {e}"))
-        } else {
-            ApiError::invalid(format!("request body is not valid JSON: {e}"))
-        }
-    })?;
+    let head: RequestHead =
+        switchboard_actors::json::from_slice(body).map_err(|e| match e.field.as_deref() {
+            Some("messages") => ApiError::invalid_param("messages", "`messages` must be an array"),
+            Some(_) => ApiError::from(e),
+            None if e.syntax => ApiError::from(e),
+            None => ApiError::invalid(format!("request body must be a JSON object: {e}")),
+        })?;
     let model = match head.model {
         Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m,
         Some(serde_json::Value::String(_)) | None => {

@@ -186,8 +186,7 @@ async fn send(
     let hub = hub(&state, &req)?;
     authorize(&req, hub)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
-    let b: SendBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?;
+    let b: SendBody = switchboard_actors::json::from_slice(&body)?;
     if b.event.is_none() && !b.close {
         return Err(ApiError::invalid_param(
             "event",

@@ -132,16 +132,22 @@ async fn run_command(state: &AppState, id: &str, cmd: Command) -> Result<(), Api
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))
+    Ok(switchboard_actors::json::from_slice(body)?)
 }
 
-/// The `send` body; `type` may be present (the same JSON as over WS) or not.
-#[derive(Deserialize)]
+/// The `send` body: a [`SendTurn`] whose `type` may be present (the same JSON as over WS) or
+/// not. Read as a map first (not `#[serde(flatten)]`, which would hide the failing field's
+/// name from the error).
 struct SendBody {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(flatten)]
+    kind: Option<serde_json::Value>,
     send: SendTurn,
+}
+
+fn parse_send(body: &[u8]) -> Result<SendBody, ApiError> {
+    let mut map: serde_json::Map<String, serde_json::Value> = parse(body)?;
+    let kind = map.remove("type");
+    let send = switchboard_actors::json::from_value(serde_json::Value::Object(map))?;
+    Ok(SendBody { kind, send })
 }
 
 async fn send(
@@ -153,8 +159,8 @@ async fn send(
     guard(&req, &state)?;
     crate::http::openai::check_rate(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
-    let b: SendBody = parse(&body)?;
-    if b.kind.as_deref().is_some_and(|k| k != "send") {
+    let b = parse_send(&body)?;
+    if b.kind.is_some_and(|k| k != "send") {
         return Err(ApiError::invalid("`type`, when given, must be \"send\""));
     }
     let request_id = b.send.request_id.clone();

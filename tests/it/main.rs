@@ -4,6 +4,7 @@
 
 mod admin;
 mod docs;
+mod fields;
 mod gateway;
 mod harness;
 mod health;
