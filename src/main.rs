@@ -16,6 +16,7 @@ mod demo;
 mod errors;
 mod http;
 mod metrics;
+mod process;
 mod rate_limit;
 mod shutdown;
 mod startup;

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use switchboard_actors::metrics::{label, Histogram, LATENCY_BUCKETS_MS};
+use switchboard_actors::metrics::{label, Histogram, LATENCY_BUCKETS_US};
 use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::sessions::Sessions;
 
@@ -36,9 +36,9 @@ impl Default for GatewayMetrics {
             requests: Mutex::new(HashMap::new()),
             latency: ROUTES
                 .iter()
-                .map(|_| Histogram::new(LATENCY_BUCKETS_MS))
+                .map(|_| Histogram::new(LATENCY_BUCKETS_US))
                 .collect(),
-            ttfb: Histogram::new(LATENCY_BUCKETS_MS),
+            ttfb: Histogram::new(LATENCY_BUCKETS_US),
             client_disconnects: AtomicU64::new(0),
         }
     }
@@ -52,7 +52,7 @@ impl GatewayMetrics {
         model: &str,
         backend: &str,
         status: u16,
-        latency_ms: u64,
+        latency_us: u64,
     ) {
         let mut requests = self.requests.lock();
         let by_model = requests.entry((route, status)).or_default();
@@ -67,13 +67,13 @@ impl GatewayMetrics {
             }
         }
         if let Some(i) = ROUTES.iter().position(|r| *r == route) {
-            self.latency[i].observe_ms(latency_ms);
+            self.latency[i].observe_us(latency_us);
         }
     }
 
     /// Time to the first upstream byte of a committed response.
-    pub fn observe_ttfb(&self, ms: u64) {
-        self.ttfb.observe_ms(ms);
+    pub fn observe_ttfb(&self, us: u64) {
+        self.ttfb.observe_us(us);
     }
 
     /// A client left before its proxied response ended.
@@ -273,7 +273,7 @@ pub fn render(
 pub fn render_push(out: &mut String, p: &switchboard_actors::push::PushStats) {
     let rows: [(&str, &str, &str, u64); 8] = [
         (
-            "switchboard_push_connections",
+            "switchboard_push_connections_open",
             "gauge",
             "Open push gateway connections.",
             p.connections_open,

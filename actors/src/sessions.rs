@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use parking_lot::{Mutex, RwLock};
 
-use crate::metrics::{Histogram, LATENCY_BUCKETS_MS};
+use crate::metrics::{Histogram, LATENCY_BUCKETS_US};
 use crate::model_stream::StopReason;
 use crate::record::now_ms;
 use crate::routing::RoutingTable;
@@ -55,7 +55,7 @@ impl Default for SessionCounters {
             cancellations: AtomicU64::new(0),
             turns: AtomicU64::new(0),
             turns_in_flight: AtomicU64::new(0),
-            ttft: Histogram::new(LATENCY_BUCKETS_MS),
+            ttft: Histogram::new(LATENCY_BUCKETS_US),
         }
     }
 }

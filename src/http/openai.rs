@@ -208,13 +208,13 @@ async fn proxy(
         Ok(resp) => resp.status().as_u16(),
         Err(e) => e.status.as_u16(),
     };
-    let ms = arrived.elapsed().as_millis() as u64;
+    let us = arrived.elapsed().as_micros() as u64;
     state.metrics.record(
         endpoint.path(),
         &outcome.model,
         &outcome.backend,
         status,
-        ms,
+        us,
     );
     // Refusals carry the request id too, so a client can quote it when asking why.
     result.or_else(|e| {
@@ -259,7 +259,9 @@ async fn proxy_attempts(
                     committed.status.as_u16(),
                     attempt + 1,
                 );
-                state.metrics.observe_ttfb(commit_ms);
+                state
+                    .metrics
+                    .observe_ttfb(arrived.elapsed().as_micros() as u64);
                 outcome.backend = backend.id_text.to_string();
                 return Ok(respond(committed, guard, arrived, &request_id, state));
             }

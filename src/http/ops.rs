@@ -30,22 +30,16 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     if let Some(push) = &state.push {
         crate::metrics::render_push(&mut text, &push.stats());
     }
+    crate::process::ProcessStats::read().render(&mut text);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
 }
 
-/// Resident memory (from `/proc/self/status`), for spotting leaks from outside.
+/// Resident memory in MiB (one decimal), for spotting leaks from outside.
 fn rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some((kb / 1024.0 * 10.0).round() / 10.0)
+    let bytes = crate::process::ProcessStats::read().resident_bytes?;
+    Some((bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0)
 }
 
 async fn memory(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

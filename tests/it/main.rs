@@ -10,6 +10,7 @@ mod harness;
 mod health;
 mod ops;
 mod persistence;
+mod promtool;
 mod push;
 mod resume;
 mod sessions;
