@@ -359,3 +359,120 @@ async fn the_protocol_reference_is_served_and_linked_from_docs_and_limitations()
         }
     }
 }
+
+#[test]
+fn architecture_doc_names_only_files_that_exist() {
+    let doc = repo_file("docs/architecture.md");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for (i, span) in doc.split('`').enumerate() {
+        // Odd pieces are inside backticks; a path has a slash, no spaces, and a known ending.
+        let looks_like_path = i % 2 == 1
+            && span.contains('/')
+            && !span.contains(' ')
+            && span.starts_with(|c: char| c.is_ascii_lowercase())
+            && [".rs", ".md", ".js", ".toml", ".json", ".sh", "/"]
+                .iter()
+                .any(|end| span.ends_with(end));
+        if looks_like_path {
+            named += 1;
+            if !root.join(span).exists() {
+                missing.push(span.to_string());
+            }
+        }
+    }
+    assert!(named > 10, "found only {named} paths; did the scan break?");
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md names files that do not exist (update it with the code): {missing:?}"
+    );
+}
+
+/// All production sources as one string (for "does the code still say this" checks).
+fn all_sources() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = String::new();
+    let mut dirs = vec![root.join("src"), root.join("actors/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).expect("source"));
+            }
+        }
+    }
+    // rustfmt splits long literals with `\` continuations; join them back.
+    out.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("\\ ", "")
+}
+
+#[test]
+fn readme_links_the_docs_and_quotes_error_messages_the_code_still_prints() {
+    let readme = repo_file("README.md");
+    // The first screen keeps its two commands.
+    let first_screen: String = readme.lines().take(12).collect::<Vec<_>>().join("\n");
+    assert!(first_screen.contains("cargo run --release"));
+    assert!(first_screen.contains("bash .ci/run"));
+    for link in ["docs/protocol.md", "docs/architecture.md"] {
+        assert!(
+            readme.contains(&format!("]({link}")),
+            "README does not link {link}"
+        );
+    }
+    for section in [
+        "## Cloud providers",
+        "## Troubleshooting",
+        "## Backup",
+        "## Dependencies",
+        "### Deploying to Railway",
+    ] {
+        assert!(readme.contains(section), "README lacks {section}");
+    }
+    for base in [
+        "https://api.openai.com/v1",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "https://api.anthropic.com/v1",
+        "https://openrouter.ai/api/v1",
+    ] {
+        assert!(
+            readme.contains(&format!("\"endpoint_url\": \"{base}\"")),
+            "no worked registration for {base}"
+        );
+    }
+    // Troubleshooting quotes these; a rewording in the code must update the README.
+    let code = all_sources();
+    let flat_readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    for message in [
+        "refusing to start in public mode (listening on",
+        "cannot listen on",
+        "cannot open database",
+        "admin key required: send it as X-API-Key or Authorization: Bearer",
+        "invalid admin key",
+        "health check of",
+        "private backends are not allowed on this deployment (SWITCHBOARD_ALLOW_PRIVATE_BACKENDS)",
+        "health_check_failed",
+        "no_healthy_backend",
+        "model_not_found",
+    ] {
+        assert!(
+            flat_readme.contains(message),
+            "README does not quote {message:?}"
+        );
+        assert!(
+            code.contains(message),
+            "the code no longer says {message:?}: update README's Troubleshooting"
+        );
+    }
+    let bench = repo_file("bench/README.md");
+    for machine_path in ["/work/", "/home/", "/root/", "/Users/"] {
+        assert!(
+            !bench.contains(machine_path),
+            "bench/README.md names a machine-specific path ({machine_path})"
+        );
+    }
+}
