@@ -249,7 +249,7 @@ fn railway_drain_outlasts_the_worst_case_shutdown_and_overlap_is_off() {
 
 /// `/health` is what the Dockerfile's HEALTHCHECK asks, with the same bytes (bash /dev/tcp).
 #[actix_rt::test]
-async fn the_dockerfile_healthcheck_command_passes_against_a_live_broker() {
+async fn the_dockerfile_healthcheck_passes_on_a_live_broker_and_fails_on_503() {
     let dockerfile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
             .expect("Dockerfile");
@@ -275,5 +275,22 @@ async fn the_dockerfile_healthcheck_command_passes_against_a_live_broker() {
     assert_eq!(status, StatusCode::OK);
     assert!(run(&port), "healthcheck fails against a healthy broker");
     drop(broker);
-    assert!(!run(&port), "healthcheck passes with nothing listening");
+    // A server answering 503 (what a draining broker's /health says) is unhealthy.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let draining_port = listener.local_addr().expect("addr").port().to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 21\r\n\r\n{\"status\":\"draining\"}",
+            );
+        }
+    });
+    assert!(
+        !run(&draining_port),
+        "healthcheck passes against a 503 /health"
+    );
+    let _ = server.join();
 }
