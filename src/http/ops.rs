@@ -64,15 +64,18 @@ async fn limitations(state: web::Data<AppState>) -> HttpResponse {
         {"limitation": "Single node: sessions, their resume buffers and rate-limit buckets live in this process's memory.",
          "workaround": "Run one replica (Railway's default). A restart ends sessions: clients get 4001 on resume and start a new session; registrations persist in sled."},
         {"limitation": "Resume covers the last SWITCHBOARD_EVENT_BUFFER events (and at most 1 MiB) of a session.",
-         "workaround": "An older position gets a `resync` snapshot of the current turn instead of a replay; raise the buffer for very long turns."},
+         "workaround": "An older position gets a `resync` snapshot of the current turn instead of a replay; raise the buffer for very long turns.",
+         "docs": "/docs/protocol.md#ids-resume-and-resync"},
         {"limitation": "History per model keeps the last 10 turns and about 8K tokens (estimated at 4 characters a token).",
          "workaround": "Use `clear` to start over; send long documents through /v1 directly."},
         {"limitation": "Streams that outlive their connections are cancelled after SWITCHBOARD_DISCONNECT_GRACE_S.",
-         "workaround": "Reconnect within the grace (the compare page does, with backoff); raise the grace for flaky networks."},
+         "workaround": "Reconnect within the grace (the compare page does, with backoff); raise the grace for flaky networks.",
+         "docs": "/docs/protocol.md#ids-resume-and-resync"},
         {"limitation": "Usage is estimated (4 characters a token) when a backend reports none.",
          "workaround": "Events mark it with `estimated: true`; prefer backends that honour stream_options.include_usage."},
         {"limitation": "One turn at a time per session; at most 8 models per turn.",
-         "workaround": "Open another session for parallel conversations."},
+         "workaround": "Open another session for parallel conversations.",
+         "docs": "/docs/protocol.md#limits"},
         {"limitation": "The broker relays tool calls but never runs tools.",
          "workaround": "Run tools in your client and send the results in the next turn."},
         {"limitation": "Rate limits and connection limits are per client IP; behind a proxy every client shares the proxy's IP unless SWITCHBOARD_TRUST_PROXY is set.",
@@ -82,6 +85,8 @@ async fn limitations(state: web::Data<AppState>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "max_sessions": state.max_sessions,
         "limitations": items,
+        // Every session limit with its close code or error, in one place.
+        "protocol": "/docs/protocol.md",
     }))
 }
 

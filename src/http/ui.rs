@@ -37,6 +37,8 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JSON: &str = "application/json";
+// Markdown as plain text: every browser shows it (text/markdown is often downloaded instead).
+const MARKDOWN: &str = "text/plain; charset=utf-8";
 
 /// Every file the UI serves. Add a line here when adding a file to `web/`.
 static ASSETS: &[Asset] = &[
@@ -51,6 +53,8 @@ static ASSETS: &[Asset] = &[
     asset!("/static/docs.js", "docs.js", JS, true),
     asset!("/static/docs.css", "docs.css", CSS, true),
     asset!("/openapi.json", "openapi.json", JSON, true),
+    // The session protocol reference (the repository's docs/protocol.md), linked from /docs.
+    asset!("/docs/protocol.md", "../docs/protocol.md", MARKDOWN, true),
 ];
 
 /// Routes for every embedded asset.
