@@ -208,7 +208,10 @@ async fn run(config: Config) -> Result<(), String> {
     .tcp_nodelay(true)
     // Our own drain (shutdown.rs) runs first; the workers then get a short grace.
     .shutdown_timeout(shutdown::WORKER_GRACE.as_secs())
-    .disable_signals();
+    .disable_signals()
+    // Remember each connection's socket, so a closed WebSocket or a timed-out request can
+    // end its connection at once (http/conn.rs).
+    .on_connect(http::conn::remember);
     if let Some(n) = config.workers {
         server = server.workers(n);
     }

@@ -14,3 +14,4 @@ mod resume;
 mod sessions;
 mod startup;
 mod wsclient;
+mod wsconn;
