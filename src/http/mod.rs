@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod gate;
 pub mod openai;
 pub mod ops;
 pub mod outbox;

@@ -7,6 +7,7 @@ mod docs;
 mod gateway;
 mod harness;
 mod health;
+mod limits;
 mod ops;
 mod persistence;
 mod push;
