@@ -14,5 +14,6 @@ mod push;
 mod resume;
 mod sessions;
 mod startup;
+mod storage;
 mod wsclient;
 mod wsconn;
