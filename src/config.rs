@@ -129,6 +129,16 @@ pub struct Config {
     /// Push gateway shared secret.
     #[arg(long, env = "SWITCHBOARD_PUSH_SECRET", hide_env_values = true)]
     pub push_secret: Option<String>,
+    /// Seconds a request's headers and body may take to arrive (408 and close after).
+    #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT_S", default_value_t = 10.0)]
+    pub request_timeout_s: f64,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",
+        default_value_t = 75.0
+    )]
+    pub idle_connection_timeout_s: f64,
 }
 
 /// The variables this build knows; anything else under `SWITCHBOARD_` is warned about.
@@ -169,6 +179,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "SWITCHBOARD_WORKERS",
     "SWITCHBOARD_PUSH_CALLBACK_URL",
     "SWITCHBOARD_PUSH_SECRET",
+    "SWITCHBOARD_REQUEST_TIMEOUT_S",
+    "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",
 ];
 
 /// A configuration that parsed but cannot run. The message names the variable to fix.
@@ -234,6 +246,11 @@ impl Config {
                 self.ws_silence_timeout_s,
             ),
             ("SWITCHBOARD_SSE_HEARTBEAT_S", self.sse_heartbeat_s),
+            ("SWITCHBOARD_REQUEST_TIMEOUT_S", self.request_timeout_s),
+            (
+                "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",
+                self.idle_connection_timeout_s,
+            ),
         ];
         for (var, v) in positive {
             if !(v.is_finite() && v > 0.0 && v < 1e7) {

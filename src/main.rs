@@ -190,6 +190,9 @@ async fn run(config: Config) -> Result<(), String> {
     });
 
     let app_state = state.clone();
+    let gate = http::gate::GateSettings {
+        request_timeout: Config::secs(config.request_timeout_s),
+    };
     let mut server = HttpServer::new(move || {
         // This worker's one upstream client (shared by the gateway and the model streams of the
         // sessions it hosts), built now rather than on the first request: creating the TLS
@@ -200,7 +203,14 @@ async fn run(config: Config) -> Result<(), String> {
             .app_data(web::Data::new(WorkerClient(client)))
             .configure(http::configure)
             .default_service(web::to(http::not_found))
+            .wrap(actix_web::middleware::from_fn(
+                move |req, next: actix_web::middleware::Next<_>| http::gate::gate(req, next, gate),
+            ))
     })
+    // Slow and abusive clients are cut off (SPEC §8): a request head late by the request
+    // timeout gets 408 (its body: http/gate.rs), an idle keep-alive connection is closed.
+    .client_request_timeout(Config::secs(config.request_timeout_s))
+    .keep_alive(Config::secs(config.idle_connection_timeout_s))
     // A client that closes its side mid-request is gone: stop its handler (and with it the
     // upstream request) instead of waiting to write to a closed socket.
     .h1_allow_half_closed(false)
@@ -209,7 +219,10 @@ async fn run(config: Config) -> Result<(), String> {
     .tcp_nodelay(true)
     // Our own drain (shutdown.rs) runs first; the workers then get a short grace.
     .shutdown_timeout(shutdown::WORKER_GRACE.as_secs())
-    .disable_signals();
+    .disable_signals()
+    // Remember each connection's socket, so a closed WebSocket or a timed-out request can
+    // end its connection at once (http/conn.rs).
+    .on_connect(http::conn::remember);
     if let Some(n) = config.workers {
         server = server.workers(n);
     }

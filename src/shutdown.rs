@@ -1,6 +1,8 @@
-//! Graceful shutdown on SIGTERM / Ctrl-C (SPEC §8): stop accepting, tell session clients
-//! `1001`, let in-flight streams finish up to the drain timeout, cancel what is left, flush
-//! sled, exit 0.
+//! Graceful shutdown on SIGTERM / Ctrl-C (SPEC §8): stop taking new work, tell session
+//! clients `1001`, let in-flight streams finish up to the drain timeout, cancel what is left,
+//! flush sled, exit 0. The listener keeps accepting until exit, so a probe or a client learns
+//! at once: new requests get 503 (`/health` `{"status":"draining"}`, http/gate.rs), new
+//! WebSockets close with 4503 (http/ws.rs).
 
 use std::time::Duration;
 
@@ -66,11 +68,10 @@ pub async fn drain(state: &AppState, server: &ServerHandle, drain_timeout: Durat
     if let Some(push) = &state.push {
         push.shutdown().await;
     }
-    server.pause().await;
     let started = tokio::time::Instant::now();
     let mut left = in_flight(state);
     log::info!(
-        "shutdown: stopped accepting; waiting up to {} s for {left} streams",
+        "shutdown: draining (new work gets 503); waiting up to {} s for {left} streams",
         drain_timeout.as_secs()
     );
     while left > 0 && started.elapsed() < drain_timeout {

@@ -125,6 +125,9 @@ pub struct Backend {
     next_check: Option<SpawnHandle>,
     /// A probe is running; a second trigger waits for it instead of doubling up.
     checking: bool,
+    /// The URL fails this deployment's URL policy (a record stored under another mode): the
+    /// server stays deactivated and is never contacted; a check only records this reason.
+    refused: Option<String>,
 }
 
 impl Backend {
@@ -144,7 +147,14 @@ impl Backend {
             policy,
             next_check: None,
             checking: false,
+            refused: None,
         }
+    }
+
+    /// Marks the server as refused by the URL policy for `reason` (see the field).
+    pub fn refused(mut self, reason: String) -> Self {
+        self.refused = Some(reason);
+        self
     }
 
     fn publish(&self) {
@@ -200,6 +210,13 @@ impl Backend {
         if self.checking && reply.is_none() {
             return;
         }
+        if let Some(reason) = self.refused.clone() {
+            self.apply(&Err(reason), kind);
+            if let Some(tx) = reply {
+                let _ = tx.send(self.record.read().clone());
+            }
+            return;
+        }
         self.checking = true;
         let client = self.client.clone();
         let handle = Arc::clone(&self.handle);
@@ -243,6 +260,9 @@ impl Actor for Backend {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.publish();
+        if self.refused.is_some() {
+            return; // never contacted: no checks, and it is not routable
+        }
         let sink: Arc<dyn FailureSink> = Arc::new(ActorSink(ctx.address().downgrade()));
         self.handle.set_failure_sink(sink);
         let first = FIRST_CHECK_WINDOW.min(self.policy.interval);
@@ -309,6 +329,13 @@ impl Handler<Activate> for Backend {
     type Result = MessageResult<Activate>;
 
     fn handle(&mut self, _: Activate, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(reason) = &self.refused {
+            log::warn!(
+                "backend {}: not activated: {reason}",
+                self.record.read().registration_id
+            );
+            return MessageResult(self.record.read().clone());
+        }
         {
             let mut r = self.record.write();
             if !r.is_active {

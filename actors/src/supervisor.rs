@@ -141,8 +141,13 @@ impl HealthSupervisor {
         Ok(sup)
     }
 
-    fn spawn_backend(&mut self, record: ServerRecord, demo: bool) -> Uuid {
+    fn spawn_backend(&mut self, mut record: ServerRecord, demo: bool) -> Uuid {
         let id = record.registration_id;
+        let refused = if demo {
+            None
+        } else {
+            self.recheck_policy(&mut record)
+        };
         let handle = Arc::new(BackendHandle::new(
             id,
             record.model_name.clone(),
@@ -151,14 +156,17 @@ impl HealthSupervisor {
         ));
         let shared = Arc::new(RwLock::new(record));
         let registry = (!demo).then(|| self.registry.clone());
-        let addr = Backend::new(
+        let mut backend = Backend::new(
             Arc::clone(&shared),
             Arc::clone(&handle),
             registry,
             self.client.clone(),
             self.config.policy,
-        )
-        .start();
+        );
+        if let Some(reason) = refused {
+            backend = backend.refused(reason);
+        }
+        let addr = backend.start();
         self.backends.insert(
             id,
             Entry {
@@ -169,6 +177,32 @@ impl HealthSupervisor {
             },
         );
         id
+    }
+
+    /// Stored state is re-checked (SPEC §8): a record whose URL fails the URL policy of the
+    /// current mode (registered in local mode, loaded in public mode) is kept but deactivated
+    /// with the reason, and its actor never contacts it. The DNS half of the policy runs at
+    /// connect time; this is the half that needs no network. Returns the reason.
+    fn recheck_policy(&self, record: &mut ServerRecord) -> Option<String> {
+        let allow_private = self.config.upstream.allow_private;
+        let err = url_policy::check_offline(&record.endpoint_url, allow_private).err()?;
+        let reason = format!("refused by this deployment's URL policy: {err}");
+        log::warn!(
+            "backend {} ({}) at {}: deactivated, never contacted: {reason}",
+            record.registration_id,
+            record.model_name,
+            record.endpoint_url
+        );
+        if record.is_active || record.last_error.as_deref() != Some(reason.as_str()) {
+            record.is_active = false;
+            record.health_status = HealthStatus::Unhealthy;
+            record.last_error = Some(reason.clone());
+            record.updated_at = now_ms();
+            if let Err(e) = self.registry.put_durable(record) {
+                log::error!("backend {}: cannot persist: {e}", record.registration_id);
+            }
+        }
+        Some(reason)
     }
 
     fn rebuild(&self) {

@@ -10,8 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use actix_tls::connect::{Resolve, Resolver};
-use futures_util::future::LocalBoxFuture;
+use actix_rt::net::TcpStream;
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection, Resolve, Resolver};
+use awc::http::Uri;
+use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 
 use crate::routing::BackendHandle;
 use crate::url_policy;
@@ -55,6 +57,43 @@ impl Resolve for PolicyResolver {
     }
 }
 
+/// The TCP connector with the policy applied to IP literal hosts: the connector dials those
+/// without asking the resolver, so [`PolicyResolver`] alone would let `http://127.0.0.1`
+/// (say, from a record stored in local mode) through in public mode.
+#[derive(Clone)]
+struct LiteralPolicy<S> {
+    inner: S,
+    allow_private: bool,
+}
+
+impl<S> actix_service::Service<ConnectInfo<Uri>> for LiteralPolicy<S>
+where
+    S: actix_service::Service<
+        ConnectInfo<Uri>,
+        Response = Connection<Uri, TcpStream>,
+        Error = ConnectError,
+    >,
+{
+    type Response = Connection<Uri, TcpStream>;
+    type Error = ConnectError;
+    type Future = Either<Ready<Result<Self::Response, ConnectError>>, S::Future>;
+
+    actix_service::forward_ready!(inner);
+
+    fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
+        if !self.allow_private {
+            let host = req.hostname().trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                if let Err(e) = url_policy::check_addrs(host, &[ip]) {
+                    let refused = std::io::Error::new(std::io::ErrorKind::PermissionDenied, e);
+                    return Either::Left(ready(Err(ConnectError::Io(refused))));
+                }
+            }
+        }
+        Either::Right(self.inner.call(req))
+    }
+}
+
 /// Builds this thread's client. Redirects are never followed (a backend must not bounce us to
 /// an internal address) and no compression is negotiated on our own: the client's
 /// `Accept-Encoding` is passed through and bodies are relayed as they come.
@@ -62,7 +101,10 @@ pub fn build_client(cfg: &UpstreamConfig) -> awc::Client {
     let resolver = Resolver::custom(PolicyResolver {
         allow_private: cfg.allow_private,
     });
-    let tcp = actix_tls::connect::Connector::new(resolver).service();
+    let tcp = LiteralPolicy {
+        inner: actix_tls::connect::Connector::new(resolver).service(),
+        allow_private: cfg.allow_private,
+    };
     let connector = awc::Connector::new()
         .connector(tcp)
         .timeout(cfg.connect_timeout)
@@ -147,5 +189,43 @@ pub async fn probe(
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn client(allow_private: bool) -> awc::Client {
+        build_client(&UpstreamConfig {
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(2),
+            allow_private,
+        })
+    }
+
+    /// The connector dials IP literals without the resolver; the policy still applies.
+    #[actix_rt::test]
+    async fn ip_literals_are_checked_at_connect_time() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for host in ["127.0.0.1".to_string(), "[::ffff:127.0.0.1]".to_string()] {
+            let err = client(false)
+                .get(format!("http://{host}:{port}/v1/models"))
+                .send()
+                .await
+                .expect_err("refused");
+            assert!(err.to_string().contains("loopback"), "{host}: {err}");
+        }
+        assert!(listener.accept().is_err(), "nothing connected");
+        // Allowed, the same literal connects.
+        let _ = client(true)
+            .get(format!("http://127.0.0.1:{port}/v1/models"))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(listener.accept().is_ok(), "connected when allowed");
     }
 }

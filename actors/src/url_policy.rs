@@ -74,14 +74,34 @@ pub fn parse(raw: &str) -> Result<ValidUrl, UrlPolicyError> {
     })
 }
 
-/// Why an address is not public, or `None` when it is.
+/// Why an address is not public, or `None` when it is. IPv6 forms that carry an IPv4 address
+/// (IPv4-mapped, -translated and -compatible, NAT64, 6to4) are judged by that address, so
+/// `[::127.0.0.1]` or `[64:ff9b::10.0.0.1]` cannot reach what `127.0.0.1` cannot.
 pub fn non_public_kind(addr: IpAddr) -> Option<&'static str> {
     match addr {
         IpAddr::V4(v4) => v4_kind(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => v4_kind(v4),
             None => v6_kind(v6),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 address embeds, for the forms that route to it.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let o = ip.octets();
+    let last32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    match s {
+        // IPv4-mapped ::ffff:0:0/96 and IPv4-translated ::ffff:0:0:0/96 (SIIT).
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Some(last32),
+        // IPv4-compatible ::/96 (deprecated), except :: and ::1 themselves.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(last32),
+        // NAT64 well-known prefix 64:ff9b::/96.
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(last32),
+        // 6to4 2002::/16: the IPv4 address is bits 16..48.
+        [0x2002, ..] => Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])),
+        _ => None,
     }
 }
 
@@ -101,13 +121,18 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         Some("broadcast")
     } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
         Some("shared (carrier-grade NAT)")
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        Some("reserved (benchmarking)")
+    } else if o[0] >= 240 {
+        Some("reserved")
     } else {
         None
     }
 }
 
 fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
     if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_unspecified() {
@@ -118,6 +143,10 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
         Some("private (unique local)")
     } else if (first & 0xffc0) == 0xfe80 {
         Some("link-local")
+    } else if (first & 0xffc0) == 0xfec0 {
+        Some("site-local")
+    } else if first == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        Some("NAT64 (local use)")
     } else {
         None
     }
@@ -138,9 +167,10 @@ pub fn check_addrs(host: &str, addrs: &[IpAddr]) -> Result<(), UrlPolicyError> {
     Ok(())
 }
 
-/// Full registration-time check: syntax, then (unless private backends are allowed) the host's
-/// addresses.
-pub async fn validate(raw: &str, allow_private: bool) -> Result<ValidUrl, UrlPolicyError> {
+/// The checks that need no DNS: syntax, then (unless private backends are allowed) a
+/// `localhost` name or an IP literal host. Used on records loaded at startup, where a URL
+/// stored under another mode must not be contacted.
+pub fn check_offline(raw: &str, allow_private: bool) -> Result<ValidUrl, UrlPolicyError> {
     let url = parse(raw)?;
     if allow_private {
         return Ok(url);
@@ -151,6 +181,19 @@ pub async fn validate(raw: &str, allow_private: bool) -> Result<ValidUrl, UrlPol
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             kind: "loopback",
         });
+    }
+    if let Ok(ip) = url.host.parse::<IpAddr>() {
+        check_addrs(&url.host, &[ip])?;
+    }
+    Ok(url)
+}
+
+/// Full registration-time check: syntax, then (unless private backends are allowed) the host's
+/// addresses.
+pub async fn validate(raw: &str, allow_private: bool) -> Result<ValidUrl, UrlPolicyError> {
+    let url = check_offline(raw, allow_private)?;
+    if allow_private {
+        return Ok(url);
     }
     let addrs: Vec<IpAddr> = match url.host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
@@ -208,6 +251,58 @@ mod tests {
         }
         assert_eq!(non_public_kind("8.8.8.8".parse().unwrap()), None);
         assert_eq!(non_public_kind("2606:4700::1111".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn ipv6_forms_embedding_ipv4_are_judged_by_the_ipv4_address() {
+        for (ip, kind) in [
+            ("::127.0.0.1", "loopback"),
+            ("::ffff:0:127.0.0.1", "loopback"),
+            ("::ffff:10.0.0.1", "private"),
+            ("64:ff9b::169.254.169.254", "link-local"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("2002:7f00:1::1", "loopback"),
+            ("2002:c0a8:101::", "private"),
+            ("fec0::1", "site-local"),
+            ("64:ff9b:1::1", "NAT64 (local use)"),
+            ("198.18.0.1", "reserved (benchmarking)"),
+            ("198.19.255.255", "reserved (benchmarking)"),
+            ("240.0.0.1", "reserved"),
+            ("::ffff:240.0.0.1", "reserved"),
+        ] {
+            assert_eq!(non_public_kind(ip.parse().unwrap()), Some(kind), "{ip}");
+        }
+        // The same forms around a public address stay public; neighbours of the ranges too.
+        for ip in [
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "::ffff:8.8.8.8",
+            "198.20.0.1",
+            "223.255.255.1",
+        ] {
+            let kind = non_public_kind(ip.parse().unwrap());
+            assert!(kind.is_none(), "{ip}: {kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_offline_check_refuses_literals_and_localhost_without_dns() {
+        for url in [
+            "http://[::127.0.0.1]:9",
+            "http://127.0.0.1:9",
+            "http://api.localhost",
+            "http://[2002:a00:1::]",
+        ] {
+            assert!(
+                matches!(
+                    check_offline(url, false),
+                    Err(UrlPolicyError::Private { .. })
+                ),
+                "{url}"
+            );
+            assert!(check_offline(url, true).is_ok(), "{url}");
+        }
+        assert!(check_offline("http://example.com", false).is_ok());
     }
 
     #[actix_rt::test]

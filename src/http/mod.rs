@@ -1,6 +1,8 @@
 //! The HTTP surface: one module per route family, plus the relay body of proxied responses.
 
 pub mod admin;
+pub mod conn;
+pub mod gate;
 pub mod openai;
 pub mod ops;
 pub mod outbox;
@@ -9,6 +11,7 @@ pub mod relay;
 pub mod sse;
 pub mod ui;
 pub mod ws;
+pub mod ws_guard;
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -205,7 +205,7 @@ impl RelayBody {
             if self.relayed < len {
                 return self.fail(format!("body ended after {} of {len} bytes", self.relayed));
             }
-        } else if self.is_sse && !self.done_marker.seen {
+        } else if self.is_sse && !self.done_marker.ended_cleanly() {
             return self.fail("stream ended without data: [DONE] (connection lost)".into());
         }
         self.done = true;
@@ -293,47 +293,49 @@ impl Stream for RelayBody {
     }
 }
 
-/// Watches a byte stream for the `[DONE]` marker, also when it is split across chunks.
-/// Allocation-free: it keeps only the last `DONE.len() - 1` bytes seen.
+/// Watches an SSE byte stream for its end marker: a line that is exactly `data: [DONE]`
+/// (or `data:[DONE]`), also when it is split across chunks. The text `[DONE]` inside a model's
+/// answer is not it: an answer that says "[DONE]" and is then cut off is a failure.
+/// Allocation-free: it keeps only the start of the current line.
 #[derive(Default)]
 struct DoneMarker {
-    /// The last bytes of the stream so far (a marker may straddle chunks).
-    tail: [u8; DONE.len() - 1],
-    tail_len: usize,
+    /// The first bytes of the line being read.
+    line: [u8; LINE_KEEP],
+    line_len: usize,
+    /// The line being read is longer than any marker line.
+    line_long: bool,
     seen: bool,
 }
 
-const DONE: &[u8] = b"[DONE]";
+/// Longer than any accepted marker line (`data: [DONE]\r`).
+const LINE_KEEP: usize = 16;
 
 impl DoneMarker {
     fn feed(&mut self, chunk: &[u8]) {
-        if self.seen {
-            // A later data event after the marker would be odd; the marker still counts.
-            return;
-        }
-        // The seam: the old tail joined with the chunk's first bytes.
-        let mut seam = [0u8; 2 * (DONE.len() - 1)];
-        let head = &chunk[..chunk.len().min(DONE.len() - 1)];
-        seam[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
-        seam[self.tail_len..self.tail_len + head.len()].copy_from_slice(head);
-        let seam = &seam[..self.tail_len + head.len()];
-        self.seen = contains(seam, DONE) || contains(chunk, DONE);
-        // The new tail: the last bytes of (old tail + chunk).
-        let keep = DONE.len() - 1;
-        if chunk.len() >= keep {
-            self.tail.copy_from_slice(&chunk[chunk.len() - keep..]);
-            self.tail_len = keep;
-        } else {
-            let from = seam.len().saturating_sub(keep);
-            let last = &seam[from..];
-            self.tail[..last.len()].copy_from_slice(last);
-            self.tail_len = last.len();
+        for &b in chunk {
+            if b == b'\n' {
+                self.seen |= self.line_is_marker();
+                self.line_len = 0;
+                self.line_long = false;
+            } else if self.line_len < LINE_KEEP {
+                self.line[self.line_len] = b;
+                self.line_len += 1;
+            } else {
+                self.line_long = true;
+            }
         }
     }
-}
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    fn line_is_marker(&self) -> bool {
+        let line = &self.line[..self.line_len];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        !self.line_long && (line == b"data: [DONE]" || line == b"data:[DONE]")
+    }
+
+    /// The marker line arrived (the last line may lack its newline).
+    fn ended_cleanly(&self) -> bool {
+        self.seen || self.line_is_marker()
+    }
 }
 
 #[cfg(test)]
@@ -357,5 +359,32 @@ mod tests {
         let mut none = DoneMarker::default();
         none.feed(b"data: {\"content\":\"[DONE\"}\n\n");
         assert!(!none.seen);
+    }
+
+    #[test]
+    fn done_in_the_answer_text_then_a_cut_is_not_a_clean_end() {
+        // The model says "[DONE]" (whole, and as its own data value inside JSON), then the
+        // stream is cut: no marker line.
+        let stream: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE]\"}}]}\n\n\
+            data: {\"choices\":[{\"delta\":{\"content\":\" data: [DONE]\"}}]}\n\n\
+            : [DONE]\n\ndata: [DONE] not yet\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"[DO";
+        for split in 0..stream.len() {
+            let mut m = DoneMarker::default();
+            m.feed(&stream[..split]);
+            m.feed(&stream[split..]);
+            assert!(!m.ended_cleanly(), "split at {split}");
+        }
+        // CRLF line ends, no space after the colon, and a last line without its newline count.
+        for whole in [
+            &b"data: {}\r\n\r\ndata: [DONE]\r\n\r\n"[..],
+            b"data:[DONE]\n\n",
+            b"data: [DONE]",
+        ] {
+            let mut m = DoneMarker::default();
+            for b in whole {
+                m.feed(std::slice::from_ref(b));
+            }
+            assert!(m.ended_cleanly(), "{}", String::from_utf8_lossy(whole));
+        }
     }
 }

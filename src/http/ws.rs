@@ -34,8 +34,10 @@ use switchboard_actors::session::{Attach, Command, ConnectionSink, Detach, Sessi
 use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
 
 use crate::errors::ApiError;
+use crate::http::conn::CloseOnEnd;
 use crate::http::outbox::{Metered, Outbox, Pushed};
 use crate::http::sse::models_available;
+use crate::http::ws_guard::{FrameGuard, Refusal, Verdict};
 use crate::state::AppState;
 
 /// How long a new connection has to send `hello` (close 4400 after).
@@ -52,6 +54,7 @@ pub mod close {
     pub const UNAVAILABLE: u16 = 4503;
     pub const UNAUTHORIZED: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 /// Routes of the WebSocket transport.
@@ -81,6 +84,8 @@ async fn upgrade(
         None
     };
     let outbox = Arc::new(Outbox::new(state.outbound_limit));
+    // Frame headers are judged before the codec buffers a payload (ws_guard.rs).
+    let (payload, refusal) = FrameGuard::new(payload, MAX_FRAME);
     let actor = WsConnection {
         conn_id,
         ip,
@@ -92,12 +97,16 @@ async fn upgrade(
         session_id: None,
         last_heard: Instant::now(),
         outbox: Arc::clone(&outbox),
+        refusal,
     };
     let mut resp = ws::handshake(&req)
         .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))?;
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME);
     let body = WebsocketContext::with_codec(actor, payload, codec);
-    Ok(resp.streaming(Metered::new(body, outbox)))
+    // After the close frame the connection ends at once (RFC 6455 §7.1.1), not after
+    // actix-http's linger.
+    let body = CloseOnEnd::new(Metered::new(body, outbox), crate::http::conn::of(&req));
+    Ok(resp.streaming(body))
 }
 
 /// One WebSocket client. Stopped by a close, a protocol error, silence, or its session ending.
@@ -117,6 +126,8 @@ pub struct WsConnection {
     last_heard: Instant,
     /// This connection's outbox and queue accounting, shared with its sink and body wrapper.
     outbox: Arc<Outbox>,
+    /// Set by the frame guard when it stopped reading the client (close 1009 / 1002).
+    refusal: Verdict,
 }
 
 impl WsConnection {
@@ -360,8 +371,23 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsConnection {
             }
             Err(e) => {
                 log::info!("{} protocol error: {e}", self.label());
-                ctx.stop();
+                self.close_with(ctx, close::PROTOCOL_ERROR, "protocol error");
             }
+        }
+    }
+
+    /// The client's input ended: it went away, or the frame guard refused a header.
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        match self.refusal.take() {
+            Some(Refusal::TooBig) => {
+                self.close_with(ctx, close::TOO_BIG, "frame larger than 1 MiB")
+            }
+            Some(Refusal::Protocol(why)) => self.close_with(
+                ctx,
+                close::PROTOCOL_ERROR,
+                &format!("protocol error: {why}"),
+            ),
+            None => ctx.stop(),
         }
     }
 }

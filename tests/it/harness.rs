@@ -119,6 +119,15 @@ impl Broker {
         self.logs = Arc::clone(&next.logs);
     }
 
+    /// Like [`Broker::restart`], with `env` set over the first start's settings (a mode change).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        for (k, v) in env {
+            self.env.retain(|(key, _)| key != k);
+            self.env.push((k.to_string(), v.to_string()));
+        }
+        self.restart();
+    }
+
     /// The process id (for signals).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

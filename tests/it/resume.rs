@@ -310,7 +310,7 @@ async fn a_consumer_that_stops_reading_is_closed_with_4009() {
 /// Walks unmasked server frames; returns the code of a close frame, if one arrived.
 /// A raw TCP socket upgraded to a WebSocket on `/ws` (101 read), for tests that need to
 /// control reading and see the bytes as sent; `rcvbuf` shrinks its receive buffer.
-async fn raw_upgrade(base: &str, rcvbuf: Option<u32>) -> tokio::net::TcpStream {
+pub(crate) async fn raw_upgrade(base: &str, rcvbuf: Option<u32>) -> tokio::net::TcpStream {
     let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("addr");
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(size) = rcvbuf {
@@ -335,14 +335,14 @@ async fn raw_upgrade(base: &str, rcvbuf: Option<u32>) -> tokio::net::TcpStream {
 }
 
 /// The close code of the first whole close frame in `data`.
-fn find_close_code(data: &[u8]) -> Option<u16> {
+pub(crate) fn find_close_code(data: &[u8]) -> Option<u16> {
     frames(data)
         .into_iter()
         .find(|(opcode, payload)| *opcode == 0x8 && payload.len() >= 2)
         .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
 }
 
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x81u8];
     match payload.len() {
         n if n < 126 => f.push(0x80 | n as u8),
@@ -597,7 +597,7 @@ async fn a_silent_client_is_dropped_after_the_silence_timeout_and_a_live_one_is_
 }
 
 /// `(opcode, payload)` of every whole frame in `data`.
-fn frames(data: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(crate) fn frames(data: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i + 2 <= data.len() {
