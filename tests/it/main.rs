@@ -11,6 +11,7 @@ mod ops;
 mod persistence;
 mod push;
 mod resume;
+mod routing;
 mod sessions;
 mod startup;
 mod wsclient;
