@@ -139,6 +139,19 @@ pub struct Config {
         default_value_t = 75.0
     )]
     pub idle_connection_timeout_s: f64,
+    /// Routing policy (SPEC §2.1): `full` (capacity, affinity, least-loaded), `least-loaded`
+    /// (no affinity) or `round-robin` (the plain rotation, for comparison).
+    #[arg(long, env = "SWITCHBOARD_ROUTING", default_value = "full", value_parser = ["full", "least-loaded", "round-robin"])]
+    pub routing: String,
+    /// Requests waiting per model when every backend is at its max_concurrency.
+    #[arg(long, env = "SWITCHBOARD_QUEUE_MAX", default_value_t = 256)]
+    pub queue_max: usize,
+    /// Seconds a request may wait in its model's queue before 503 all_backends_busy.
+    #[arg(long, env = "SWITCHBOARD_QUEUE_TIMEOUT_S", default_value_t = 30.0)]
+    pub queue_timeout_s: f64,
+    /// Requests an affine backend may have in flight beyond the least-loaded one.
+    #[arg(long, env = "SWITCHBOARD_AFFINITY_SLACK", default_value_t = 2)]
+    pub affinity_slack: u64,
 }
 
 /// The variables this build knows; anything else under `SWITCHBOARD_` is warned about.
@@ -181,6 +194,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "SWITCHBOARD_PUSH_SECRET",
     "SWITCHBOARD_REQUEST_TIMEOUT_S",
     "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",
+    "SWITCHBOARD_ROUTING",
+    "SWITCHBOARD_QUEUE_MAX",
+    "SWITCHBOARD_QUEUE_TIMEOUT_S",
+    "SWITCHBOARD_AFFINITY_SLACK",
 ];
 
 /// A configuration that parsed but cannot run. The message names the variable to fix.
@@ -251,6 +268,7 @@ impl Config {
                 "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",
                 self.idle_connection_timeout_s,
             ),
+            ("SWITCHBOARD_QUEUE_TIMEOUT_S", self.queue_timeout_s),
         ];
         for (var, v) in positive {
             if !(v.is_finite() && v > 0.0 && v < 1e7) {
@@ -324,6 +342,17 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The routing configuration (SPEC §2.1).
+    pub fn router_settings(&self) -> switchboard_actors::router::RouterSettings {
+        use switchboard_actors::router::{RouterSettings, RoutingPolicy};
+        RouterSettings {
+            policy: RoutingPolicy::parse(&self.routing).unwrap_or_default(),
+            queue_max: self.queue_max,
+            queue_timeout: Self::secs(self.queue_timeout_s),
+            affinity_slack: self.affinity_slack,
+        }
     }
 
     /// Seconds as a `Duration` (values are validated positive).

@@ -258,7 +258,29 @@ pub fn route_error(err: RouteError, model: &str) -> ApiError {
     match err {
         RouteError::UnknownModel => ApiError::model_not_found(model),
         RouteError::NoHealthyBackend => ApiError::no_healthy_backend(model),
+        RouteError::Busy {
+            retry_after_s,
+            timed_out,
+        } => all_backends_busy(model, retry_after_s, timed_out),
     }
+}
+
+/// 503 `all_backends_busy` with `Retry-After` (SPEC §2.1): every backend of the model is at
+/// its `max_concurrency` and the queue is full or the wait in it timed out.
+pub fn all_backends_busy(model: &str, retry_after_s: u64, timed_out: bool) -> ApiError {
+    let why = if timed_out {
+        "the wait in its queue timed out"
+    } else {
+        "its queue is full"
+    };
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        Some("all_backends_busy"),
+        format!("every backend of model `{model}` is at its max_concurrency and {why}; retry in {retry_after_s} s"),
+    );
+    e.retry_after = Some(retry_after_s);
+    e
 }
 
 impl From<AdminError> for ApiError {

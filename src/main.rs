@@ -106,7 +106,7 @@ async fn run(config: Config) -> Result<(), String> {
         allow_private: config.private_backends_allowed(),
     };
     switchboard_actors::upstream::install(upstream.clone());
-    let table = Arc::new(RoutingTable::default());
+    let table = Arc::new(RoutingTable::new(config.router_settings()));
     let sessions = Sessions::new(
         Arc::clone(&table),
         SessionSettings {

@@ -266,6 +266,8 @@ pub fn render(
             );
         }
     }
+    // Routing decisions, queues and prefix matches (SPEC §2.1).
+    table.render_metrics(&mut out);
     out
 }
 

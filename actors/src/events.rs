@@ -76,6 +76,8 @@ pub enum EventBody {
         request_id: Arc<str>,
         model: Arc<str>,
         backend: String,
+        /// Why this backend (SPEC §2.1): `affinity|prefix|least-loaded|failover`.
+        route: &'static str,
     },
     Ttft {
         request_id: Arc<str>,

@@ -6,6 +6,8 @@
 //! - [`registry`]: sled persistence of records and the admin key (durable acknowledged writes).
 //! - [`url_policy`]: which backend URLs and addresses may be used (SSRF guard).
 //! - [`routing`]: the shared routing table, round-robin and failover order, live counters.
+//! - [`router`]: routing decisions (capacity, affinity, least-loaded) and per-model queues.
+//! - [`prefix`]: the approximate per-backend prefix index behind prefix affinity.
 //! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
 //! - [`backend`]: one actor per server: its health checks, failure policy and record.
 //! - [`supervisor`]: owns the backend actors; register/update/delete; rebuilds routing.
@@ -30,9 +32,11 @@ pub mod json;
 pub mod metrics;
 pub mod model_stream;
 pub mod openai_stream;
+pub mod prefix;
 pub mod push;
 pub mod record;
 pub mod registry;
+pub mod router;
 pub mod routing;
 pub mod session;
 pub mod sessions;

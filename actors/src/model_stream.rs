@@ -18,7 +18,9 @@ use tokio::time::Instant;
 use crate::events::{EventBody, Usage};
 use crate::history::{estimate_tokens, Message};
 use crate::openai_stream::{ChunkInterpreter, Output};
+use crate::prefix::PromptSig;
 use crate::record::now_ms;
+use crate::router::{thread_key, RouteRequest, RoutingPolicy};
 use crate::routing::{RouteError, RoutingTable};
 use crate::silence::SilenceTimer;
 use crate::sse::SseParser;
@@ -61,6 +63,8 @@ pub struct StreamSpec {
     pub turn_started: Instant,
     pub table: Arc<RoutingTable>,
     pub settings: StreamSettings,
+    /// The thread this turn belongs to (the session id): its turns stick to one backend.
+    pub thread: Option<Arc<str>>,
 }
 
 /// An event of one model, for the session to number, buffer and fan out.
@@ -162,34 +166,35 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
         model: spec.model.clone(),
         session,
     };
-    let candidates = match spec
-        .table
-        .candidates(&spec.model, 1 + spec.settings.max_retries)
-    {
-        Ok(c) => c,
-        Err(RouteError::UnknownModel) => {
-            out.error(
-                "model_not_found",
-                format!("no backend is registered for model `{}`", spec.model),
-                false,
-            );
-            return StopReason::UpstreamError;
-        }
-        Err(RouteError::NoHealthyBackend) => {
-            out.error(
-                "no_healthy_backend",
-                format!("no healthy backend for model `{}`", spec.model),
-                true,
-            );
-            return StopReason::UpstreamError;
-        }
-    };
     let body = Bytes::from(request_body(&spec).to_string());
+    let sig = (spec.table.policy() == RoutingPolicy::Full).then(|| prompt_sig(&spec.messages));
+    let thread = spec.thread.as_deref().map(|t| thread_key(&spec.model, t));
     let client = upstream::thread_client();
     let deadline = spec.turn_started + spec.settings.total;
     let mut last_error = String::new();
-    for backend in candidates {
-        let _guard = backend.start_request();
+    let mut tried = Vec::new();
+    for _ in 0..=spec.settings.max_retries {
+        let request = RouteRequest {
+            model: &spec.model,
+            thread,
+            prompt: sig.as_ref(),
+            exclude: &tried,
+        };
+        // Waits in the model's queue when every backend is at its limit; a cancel stops this
+        // actor, which drops the wait (and its place in the queue) at once.
+        let routed = match spec.table.route(&request).await {
+            Ok(r) => r,
+            Err(RouteError::NoHealthyBackend) if !tried.is_empty() => break,
+            Err(e) => {
+                route_failed(&out, &spec.model, e);
+                return StopReason::UpstreamError;
+            }
+        };
+        let route = routed.kind.as_str();
+        // Holds the slot until this attempt ends (success, failure or the actor stopping).
+        let guard = routed.guard;
+        let backend = Arc::clone(guard.backend());
+        tried.push(backend.id);
         let uri = match backend.uri("/v1/chat/completions") {
             Ok(uri) => uri,
             Err(e) => {
@@ -232,6 +237,7 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
             request_id: spec.request_id.clone(),
             model: spec.model.clone(),
             backend: backend.id.to_string(),
+            route,
         });
         match stream_body(resp, &spec, &out, deadline).await {
             Attempt::Finished(reason) => {
@@ -252,6 +258,42 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
         true,
     );
     StopReason::UpstreamError
+}
+
+/// Tells the session why no backend took the turn.
+fn route_failed(out: &Emitter, model: &str, e: RouteError) {
+    match e {
+        RouteError::UnknownModel => out.error(
+            "model_not_found",
+            format!("no backend is registered for model `{model}`"),
+            false,
+        ),
+        RouteError::NoHealthyBackend => out.error(
+            "no_healthy_backend",
+            format!("no healthy backend for model `{model}`"),
+            true,
+        ),
+        RouteError::Busy {
+            retry_after_s,
+            timed_out,
+        } => out.error(
+            "all_backends_busy",
+            format!(
+                "every backend of model `{model}` is at its max_concurrency and {}; retry in {retry_after_s} s",
+                if timed_out { "the wait in its queue timed out" } else { "its queue is full" }
+            ),
+            true,
+        ),
+    }
+}
+
+/// The points of a turn's prompt for prefix affinity: each message as it is sent upstream.
+fn prompt_sig(messages: &[Message]) -> PromptSig {
+    let parts: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| serde_json::to_vec(m).unwrap_or_default())
+        .collect();
+    PromptSig::from_parts(parts.iter().map(Vec::as_slice))
 }
 
 /// The upstream request: the model's messages, the turn's parameters, streaming with usage.

@@ -88,6 +88,10 @@ pub struct ServerRecord {
     pub registered_at: u64,
     pub updated_at: u64,
     pub health_history: VecDeque<HealthCheck>,
+    /// Requests this backend takes at once (SPEC §2.1); `None` = unlimited. Records stored
+    /// before the field existed read as unlimited.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
 }
 
 impl ServerRecord {
@@ -110,6 +114,7 @@ impl ServerRecord {
             registered_at: now,
             updated_at: now,
             health_history: VecDeque::new(),
+            max_concurrency: None,
         }
     }
 
@@ -157,6 +162,8 @@ pub struct ServerView {
     /// Only on the single-server route.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_history: Option<Vec<HealthCheck>>,
+    /// `null` when unlimited.
+    pub max_concurrency: Option<u32>,
 }
 
 impl ServerView {
@@ -187,6 +194,7 @@ impl ServerView {
             in_flight: counters.1,
             demo,
             health_history: with_history.then(|| record.health_history.iter().cloned().collect()),
+            max_concurrency: record.max_concurrency,
         }
     }
 }
@@ -239,6 +247,23 @@ mod tests {
         }
         assert_eq!(r.health_history.len(), HEALTH_HISTORY_LEN);
         assert_eq!(r.success_rate(), Some(0.5));
+    }
+
+    #[test]
+    fn records_without_max_concurrency_still_load_as_unlimited() {
+        let r = ServerRecord::new("m".into(), "http://x".into(), None);
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        v.as_object_mut().map(|o| o.remove("max_concurrency"));
+        let old: ServerRecord = serde_json::from_value(v).expect("an old record reads");
+        assert_eq!(old.max_concurrency, None);
+        let mut limited = r.clone();
+        limited.max_concurrency = Some(4);
+        let back: ServerRecord =
+            serde_json::from_value(serde_json::to_value(&limited).unwrap_or_default()).expect("rt");
+        assert_eq!(back.max_concurrency, Some(4));
+        let view =
+            serde_json::to_value(ServerView::new(&r, (0, 0), false, false)).unwrap_or_default();
+        assert!(view["max_concurrency"].is_null() && view["in_flight"] == 0);
     }
 
     #[test]

@@ -8,8 +8,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
+
+use crate::prefix::PrefixIndex;
+use crate::router::{AffinityMap, ModelQueue, RouterSettings, RoutingMetrics};
 
 /// Receives passive failure reports from the hot path. Implemented by the backend actor's
 /// address wrapper; a trait keeps this module free of actor types and easy to unit test.
@@ -34,9 +37,19 @@ pub struct BackendHandle {
     uris: Vec<(&'static str, awc::http::Uri)>,
     healthy: AtomicBool,
     active: AtomicBool,
-    in_flight: AtomicU64,
+    /// Shared with the handle this one replaced (an update), so requests still running on the
+    /// old handle keep counting against the limit.
+    in_flight: Arc<AtomicU64>,
     requests_routed: AtomicU64,
     failures: RwLock<Option<Arc<dyn FailureSink>>>,
+    /// `max_concurrency` of the registration; `None` = unlimited.
+    pub(crate) limit: Option<u32>,
+    /// What was routed here recently (prefix affinity); cleared when the backend leaves the
+    /// rotation.
+    pub(crate) prefix: Mutex<PrefixIndex>,
+    /// The queue of this backend's model, set by [`RoutingTable::rebuild`]; a freed slot wakes
+    /// its first waiter.
+    pub(crate) queue: RwLock<Option<Arc<ModelQueue>>>,
 }
 
 /// The routes whose upstream URLs each backend handle parses once.
@@ -66,9 +79,58 @@ impl BackendHandle {
             api_key,
             healthy: AtomicBool::new(true),
             active: AtomicBool::new(true),
-            in_flight: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicU64::new(0)),
             requests_routed: AtomicU64::new(0),
             failures: RwLock::new(None),
+            limit: None,
+            prefix: Mutex::new(PrefixIndex::default()),
+            queue: RwLock::new(None),
+        }
+    }
+
+    /// Sets the registration's `max_concurrency` (`None` = unlimited).
+    pub fn with_max_concurrency(mut self, limit: Option<u32>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Continues counting the in-flight requests of `prev` (the handle this one replaces).
+    pub fn inherit_load(mut self, prev: &BackendHandle) -> Self {
+        self.in_flight = Arc::clone(&prev.in_flight);
+        self
+    }
+
+    /// The registration's `max_concurrency`.
+    pub fn max_concurrency(&self) -> Option<u32> {
+        self.limit
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot if the backend is below its limit (atomically: concurrent callers never
+    /// push it past the limit together).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
+        let limit = u64::from(self.limit.unwrap_or(u32::MAX));
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        self.requests_routed.fetch_add(1, Ordering::Relaxed);
+        Some(InFlightGuard(Arc::clone(self)))
+    }
+
+    /// Whether the backend is at its `max_concurrency`.
+    pub fn at_limit(&self) -> bool {
+        self.limit.is_some_and(|l| self.in_flight() >= u64::from(l))
+    }
+
+    fn wake_queue(&self) {
+        if let Some(q) = self.queue.read().as_ref() {
+            q.wake_front();
         }
     }
 
@@ -104,13 +166,21 @@ impl BackendHandle {
 
     /// Published by the backend actor after every state change.
     pub fn publish(&self, healthy: bool, active: bool) {
+        let was = self.is_routable();
         self.healthy.store(healthy, Ordering::Release);
         self.active.store(active, Ordering::Release);
+        match (was, healthy && active) {
+            (false, true) => self.wake_queue(),
+            (true, false) => self.prefix.lock().clear(),
+            _ => {}
+        }
     }
 
     /// Passive check: takes the backend out of the rotation at once, then tells its actor.
     pub fn report_failure(&self, reason: String) {
-        self.healthy.store(false, Ordering::Release);
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            self.prefix.lock().clear();
+        }
         if let Some(sink) = self.failures.read().as_ref() {
             sink.report(reason);
         }
@@ -144,14 +214,17 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.wake_queue();
     }
 }
 
 /// The backends of one model and its round-robin cursor.
 pub struct ModelRoute {
     pub backends: Vec<Arc<BackendHandle>>,
-    cursor: AtomicUsize,
+    pub(crate) cursor: AtomicUsize,
+    /// The model's FIFO of requests waiting for a slot; kept across rebuilds.
+    pub(crate) queue: Arc<ModelQueue>,
 }
 
 /// Why no backend can take a request.
@@ -161,16 +234,42 @@ pub enum RouteError {
     UnknownModel,
     /// Backends exist, none is healthy and active (HTTP 503).
     NoHealthyBackend,
+    /// Every routable backend is at its `max_concurrency` and the model's queue is full, or the
+    /// wait in it passed the queue timeout (HTTP 503 `all_backends_busy` with `Retry-After`).
+    Busy { retry_after_s: u64, timed_out: bool },
 }
 
 /// The shared table. Readers clone an `Arc` under a read lock held for nanoseconds.
 #[derive(Default)]
 pub struct RoutingTable {
     models: RwLock<Arc<HashMap<String, Arc<ModelRoute>>>>,
+    /// Policy, queue bounds, affinity slack (from configuration).
+    pub(crate) settings: RouterSettings,
+    /// Thread affinity: thread key → the backend that served it last.
+    pub(crate) affinity: Mutex<AffinityMap>,
+    /// Routing decisions, prefix-match lengths (queue figures live on each model's queue).
+    pub(crate) metrics: RoutingMetrics,
 }
 
 impl RoutingTable {
     /// Replaces the membership with `backends`, keeping round-robin cursors of known models.
+    /// A table routing with `settings`.
+    pub fn new(settings: RouterSettings) -> Self {
+        Self {
+            settings,
+            ..Self::default()
+        }
+    }
+
+    /// The handle currently routed for registration `id` (an update carries its load over).
+    pub fn find(&self, id: Uuid) -> Option<Arc<BackendHandle>> {
+        self.snapshot()
+            .values()
+            .flat_map(|r| r.backends.iter())
+            .find(|b| b.id == id)
+            .cloned()
+    }
+
     pub fn rebuild(&self, backends: Vec<Arc<BackendHandle>>) {
         let old = self.snapshot();
         let mut grouped: HashMap<String, Vec<Arc<BackendHandle>>> = HashMap::new();
@@ -184,14 +283,26 @@ impl RoutingTable {
                     .get(&model)
                     .map(|r| r.cursor.load(Ordering::Relaxed))
                     .unwrap_or(0);
+                let queue = old
+                    .get(&model)
+                    .map(|r| Arc::clone(&r.queue))
+                    .unwrap_or_default();
+                for b in &backends {
+                    *b.queue.write() = Some(Arc::clone(&queue));
+                }
                 let route = ModelRoute {
                     backends,
                     cursor: AtomicUsize::new(cursor),
+                    queue,
                 };
                 (model, Arc::new(route))
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
         *self.models.write() = Arc::new(next);
+        // Membership or limits changed: waiters may fit now (or must learn the model is gone).
+        for route in old.values() {
+            route.queue.wake_front();
+        }
     }
 
     /// The current membership, for listings.

@@ -215,6 +215,7 @@ impl Session {
                 turn_started,
                 table: self.registry.table(),
                 settings: self.settings.streams,
+                thread: Some(self.id.as_str().into()),
             };
             let stream = ModelStream::new(spec, ctx.address().recipient()).start();
             runs.insert(

@@ -49,6 +49,8 @@ pub struct Registration {
     pub owner: Option<String>,
     pub description: Option<String>,
     pub verify: bool,
+    /// `max_concurrency` (1–10 000, validated by the API); `None` = unlimited.
+    pub max_concurrency: Option<u32>,
 }
 
 /// A partial update: `None` leaves a field alone; `Some(None)` clears an optional field.
@@ -60,6 +62,8 @@ pub struct Patch {
     pub owner: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub verify: bool,
+    /// `Some(None)` clears the limit (unlimited).
+    pub max_concurrency: Option<Option<u32>>,
 }
 
 /// Filters of `GET /admin/servers`.
@@ -80,6 +84,8 @@ pub struct RegistryStats {
     pub models: usize,
     pub requests_routed: u64,
     pub streams_in_flight: u64,
+    /// Requests waiting for a slot, per model.
+    pub queues: Vec<(String, usize)>,
 }
 
 struct Entry {
@@ -148,12 +154,18 @@ impl HealthSupervisor {
         } else {
             self.recheck_policy(&mut record)
         };
-        let handle = Arc::new(BackendHandle::new(
+        let mut handle = BackendHandle::new(
             id,
             record.model_name.clone(),
             &record.endpoint_url,
             record.api_key.clone(),
-        ));
+        )
+        .with_max_concurrency(record.max_concurrency);
+        // An update replaces the handle while requests may still run on the old one.
+        if let Some(prev) = self.table.find(id) {
+            handle = handle.inherit_load(&prev);
+        }
+        let handle = Arc::new(handle);
         let shared = Arc::new(RwLock::new(record));
         let registry = (!demo).then(|| self.registry.clone());
         let mut backend = Backend::new(
@@ -250,6 +262,7 @@ impl Handler<Register> for HealthSupervisor {
                 ServerRecord::new(reg.model_name.clone(), url.normalized, reg.api_key.clone());
             record.owner = reg.owner.clone();
             record.description = reg.description.clone();
+            record.max_concurrency = reg.max_concurrency;
             let probe_handle = BackendHandle::new(
                 record.registration_id,
                 record.model_name.clone(),
@@ -412,6 +425,9 @@ impl Handler<Update> for HealthSupervisor {
                     }
                     if let Some(description) = patch.description {
                         record.description = description;
+                    }
+                    if let Some(limit) = patch.max_concurrency {
+                        record.max_concurrency = limit;
                     }
                     if let Some(result) = probe {
                         record.consecutive_failures = 0;
@@ -614,6 +630,7 @@ impl Handler<Stats> for HealthSupervisor {
             s.healthy += usize::from(e.handle.is_routable());
             s.active += usize::from(e.handle.is_active());
         }
+        s.queues = self.table.queue_depths();
         MessageResult(s)
     }
 }

@@ -4,12 +4,14 @@
 //! - [`client`]: the hand-written HTTP/1.1 client (keep-alive, chunked, SSE scan).
 //! - [`load`]: closed-loop load runs and the cancel probe.
 //! - [`targets`]: child processes (switchboard, nginx) and their temp dirs.
+//! - [`routing`]: `bench routing`, the routing policies over mocks that behave like servers.
 //! - this file: flags, the measurement plan, the table and the JSON line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
 mod load;
+mod routing;
 mod sessions;
 mod targets;
 mod ws;
@@ -106,6 +108,8 @@ struct Args {
 enum Mode {
     /// WebSocket thread sessions: idle memory, fan-out latency, cancel, replay.
     Sessions(sessions::SessionsArgs),
+    /// Routing policies (round-robin, least-loaded, full) over servers with slots and caches.
+    Routing(routing::RoutingArgs),
 }
 
 /// Counts and limits derived from the flags.
@@ -165,8 +169,10 @@ impl Plan {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
-    if let Some(Mode::Sessions(s)) = args.command.take() {
-        return sessions_main(s);
+    match args.command.take() {
+        Some(Mode::Sessions(s)) => return sessions_main(s),
+        Some(Mode::Routing(r)) => return routing_main(r),
+        None => {}
     }
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -193,6 +199,34 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
         }
     });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn routing_main(args: routing::RoutingArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = routing::run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
+        }
+    });
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

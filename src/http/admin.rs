@@ -45,6 +45,8 @@ struct RegisterBody {
     owner: Option<String>,
     description: Option<String>,
     verify: Option<bool>,
+    /// Validated by [`check_max_concurrency`] so every bad value gets a message naming it.
+    max_concurrency: Option<serde_json::Value>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -70,6 +72,27 @@ struct UpdateBody {
     #[serde(default, deserialize_with = "present")]
     description: Option<Option<String>>,
     verify: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    max_concurrency: Option<Option<serde_json::Value>>,
+}
+
+/// Largest `max_concurrency` a registration may set (SPEC §3.1).
+const MAX_CONCURRENCY: u64 = 10_000;
+
+/// `max_concurrency`: an integer from 1 to 10 000 (`null` or absent = unlimited).
+fn check_max_concurrency(value: Option<serde_json::Value>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(Some(n as u32)),
+            _ => Err(ApiError::invalid_param(
+                "max_concurrency",
+                format!(
+                    "max_concurrency must be an integer from 1 to {MAX_CONCURRENCY} (got {v}); leave it out or send null for unlimited"
+                ),
+            )),
+        },
+    }
 }
 
 /// A field that may be left out of an update but not cleared: `null` is refused.
@@ -147,6 +170,7 @@ async fn register(
         owner: check_text("owner", b.owner, MAX_TEXT_FIELD)?,
         description: check_text("description", b.description, MAX_TEXT_FIELD)?,
         verify: b.verify.unwrap_or(true),
+        max_concurrency: check_max_concurrency(b.max_concurrency)?,
     };
     let view = state
         .supervisor
@@ -185,6 +209,7 @@ async fn update(
             .map(|d| check_text("description", d, MAX_TEXT_FIELD))
             .transpose()?,
         verify: b.verify.unwrap_or(true),
+        max_concurrency: b.max_concurrency.map(check_max_concurrency).transpose()?,
     };
     let view = state
         .supervisor
@@ -299,5 +324,6 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         "connections": state.sessions.open_connections(),
         "streams_in_flight": s.streams_in_flight,
         "requests_routed": s.requests_routed,
+        "queues": s.queues.into_iter().map(|(m, d)| (m, json!(d))).collect::<serde_json::Map<_, _>>(),
     })))
 }

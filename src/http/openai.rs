@@ -14,10 +14,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_actors::routing::{BackendHandle, InFlightGuard};
+use switchboard_actors::prefix::PromptSig;
+use switchboard_actors::router::{thread_key, RouteKind, RouteRequest, RoutingPolicy};
+use switchboard_actors::routing::{BackendHandle, InFlightGuard, RouteError};
 use tokio::time::Instant;
 
 use crate::auth;
@@ -27,6 +28,8 @@ use crate::state::{AppState, WorkerClient};
 
 /// Response header naming the backend that served a proxied request.
 pub const BACKEND_HEADER: &str = "x-switchboard-backend";
+/// Response header saying why that backend was chosen (SPEC §2.1).
+pub const ROUTE_HEADER: &str = "x-switchboard-route";
 /// Request/response header correlating a request across broker and backend logs.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -70,15 +73,41 @@ impl Endpoint {
 
 /// The fields the gateway itself needs; everything else is passed through untouched.
 #[derive(Deserialize)]
-struct RequestHead {
+struct RequestHead<'a> {
     model: Option<serde_json::Value>,
     stream: Option<serde_json::Value>,
-    messages: Option<Vec<IgnoredAny>>,
+    /// Each message's JSON text as sent (borrowed, not copied): the prefix index hashes it.
+    #[serde(borrow)]
+    messages: Option<Vec<&'a serde_json::value::RawValue>>,
+    /// Completions' prompt, likewise.
+    #[serde(borrow)]
+    prompt: Option<&'a serde_json::value::RawValue>,
+    /// OpenAI's thread key: requests carrying the same one stick to one backend.
+    prompt_cache_key: Option<serde_json::Value>,
+}
+
+/// What routing reads from a request body beyond the model (SPEC §2.1).
+#[derive(Debug, Default)]
+pub struct RouteHints {
+    /// [`thread_key`] of `prompt_cache_key`.
+    pub thread: Option<u64>,
+    /// The prompt's points (only under the `full` policy, the one that reads them).
+    pub prompt: Option<PromptSig>,
 }
 
 /// Validates the body enough to route it: a JSON object with a string `model`, a boolean
 /// `stream` if present and (for chat) an array `messages`. Returns the model name.
+#[cfg(test)]
 pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<String, ApiError> {
+    parse_request_hints(body, endpoint, false).map(|(model, _)| model)
+}
+
+/// [`parse_request`] plus the routing hints; `with_prompt` computes the prompt's points.
+pub fn parse_request_hints(
+    body: &[u8],
+    endpoint: Endpoint,
+    with_prompt: bool,
+) -> Result<(String, RouteHints), ApiError> {
     let head: RequestHead =
         switchboard_actors::json::from_slice(body).map_err(|e| match e.field.as_deref() {
             Some("messages") => ApiError::invalid_param("messages", "`messages` must be an array"),
@@ -107,7 +136,22 @@ pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<String, ApiError
             "`messages` is required",
         ));
     }
-    Ok(model)
+    let thread = match &head.prompt_cache_key {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(k)) => Some(thread_key(&model, k)),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "prompt_cache_key",
+                "`prompt_cache_key` must be a string",
+            ))
+        }
+    };
+    let prompt = with_prompt.then(|| match (&head.messages, head.prompt) {
+        (Some(messages), _) => PromptSig::from_parts(messages.iter().map(|m| m.get().as_bytes())),
+        (None, Some(prompt)) => PromptSig::from_parts([prompt.get().as_bytes()]),
+        (None, None) => PromptSig::default(),
+    });
+    Ok((model, RouteHints { thread, prompt }))
 }
 
 /// Reads the body up to `limit` bytes; 413 past it (checked on `Content-Length` first).
@@ -239,17 +283,30 @@ async fn proxy_attempts(
     auth::require_client(req.headers(), &state.client_keys)?;
     check_rate(req, state)?;
     let body = read_body(req, payload, state.proxy.max_body_bytes).await?;
-    let model = parse_request(&body, endpoint)?;
+    let full = state.table.policy() == RoutingPolicy::Full;
+    let (model, hints) = parse_request_hints(&body, endpoint, full)?;
     outcome.model.clone_from(&model);
     let request_id = outcome.request_id.clone();
-    let candidates = state
-        .table
-        .candidates(&model, 1 + state.proxy.max_retries)
-        .map_err(|e| route_error(e, &model))?;
 
     let mut last_error = String::new();
-    for (attempt, backend) in candidates.into_iter().enumerate() {
-        let guard = backend.start_request();
+    let mut tried = Vec::new();
+    for attempt in 0..=state.proxy.max_retries {
+        let request = RouteRequest {
+            model: &model,
+            thread: hints.thread,
+            prompt: hints.prompt.as_ref(),
+            exclude: &tried,
+        };
+        // May wait in the model's queue (SPEC §2.1); a client that disconnects meanwhile drops
+        // this future and with it its place in the queue. Nothing goes upstream before a slot.
+        let routed = match state.table.route(&request).await {
+            Ok(routed) => routed,
+            Err(RouteError::NoHealthyBackend) if !tried.is_empty() => break,
+            Err(e) => return Err(route_error(e, &model)),
+        };
+        let (guard, kind) = (routed.guard, routed.kind);
+        let backend = Arc::clone(guard.backend());
+        tried.push(backend.id);
         match try_backend(client, &backend, req, &body, endpoint, &request_id, state).await {
             Ok(committed) => {
                 let commit_ms = arrived.elapsed().as_millis() as u64;
@@ -263,7 +320,7 @@ async fn proxy_attempts(
                     .metrics
                     .observe_ttfb(arrived.elapsed().as_micros() as u64);
                 outcome.backend = backend.id_text.to_string();
-                return Ok(respond(committed, guard, arrived, &request_id, state));
+                return Ok(respond(committed, guard, kind, arrived, &request_id, state));
             }
             Err(reason) => {
                 log::warn!(
@@ -402,6 +459,7 @@ async fn try_backend(
 fn respond(
     c: Committed,
     guard: InFlightGuard,
+    kind: RouteKind,
     arrived: Instant,
     request_id: &str,
     state: &AppState,
@@ -412,6 +470,7 @@ fn respond(
         resp.append_header(header);
     }
     resp.insert_header((BACKEND_HEADER, &*guard.backend().id_text))
+        .insert_header((ROUTE_HEADER, kind.as_str()))
         .insert_header((REQUEST_ID_HEADER, request_id.to_string()));
     if c.is_sse {
         resp.insert_header(("x-accel-buffering", "no"));

@@ -15,6 +15,7 @@ mod persistence;
 mod promtool;
 mod push;
 mod resume;
+mod routing;
 mod sessions;
 mod startup;
 mod storage;
