@@ -3,6 +3,8 @@
 //!
 //! - [`client`]: the hand-written HTTP/1.1 client (keep-alive, chunked, SSE scan).
 //! - [`load`]: closed-loop load runs and the cancel probe.
+//! - [`scale`]: open-loop load (fixed rate, latency from the schedule) and crowds of
+//!   streams (a burst of stream starts, thousands of slow streams) with proxy RSS.
 //! - [`targets`]: child processes (switchboard, nginx) and their temp dirs.
 //! - this file: flags, the measurement plan, the table and the JSON line.
 
@@ -10,6 +12,7 @@
 
 mod client;
 mod load;
+mod scale;
 mod sessions;
 mod targets;
 mod ws;
@@ -30,6 +33,8 @@ use crate::load::{CancelOutcome, Outcome, Spec};
 use crate::targets::{Nginx, Switchboard, SwitchboardOpts};
 
 const ALL_TARGETS: [&str; 3] = ["direct", "switchboard", "nginx"];
+/// Phases of the gateway bench, in run order (`--phases`).
+const ALL_PHASES: [&str; 6] = ["closed", "stream", "cancel", "open", "burst", "slow"];
 
 /// Loopback benchmark: mock backend direct vs through switchboard vs through nginx.
 #[derive(Debug, Parser)]
@@ -99,6 +104,34 @@ struct Args {
     /// Model of the cancel probe (must stream slowly for a while).
     #[arg(long, default_value = "d50-w400")]
     cancel_model: String,
+    /// Phases to run after the warm-up: closed (c=1 and c=N), stream, cancel, open, burst, slow.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "closed,stream,cancel,open,burst,slow"
+    )]
+    phases: Vec<String>,
+    /// Open loop: offered requests per second (latency from the scheduled send time).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Open loop: keep-alive connections the rate is spread over.
+    #[arg(long, default_value_t = 64)]
+    open_connections: usize,
+    /// Open loop: seconds of offered load [default: 5, quick 2].
+    #[arg(long)]
+    open_duration: Option<f64>,
+    /// Burst: streams started at the same instant [default: 1000, quick 200].
+    #[arg(long)]
+    burst: Option<usize>,
+    /// Slow streams: concurrent streams [default: 10000, quick 1000].
+    #[arg(long)]
+    slow_streams: Option<usize>,
+    /// Slow streams: starts spread evenly over this many ms (all are open at once after it).
+    #[arg(long, default_value_t = 1000)]
+    slow_spread_ms: u64,
+    /// Model of the burst and slow-stream phases (`dN-wM`: M tokens, N ms apart).
+    #[arg(long, default_value = "d50-w64")]
+    scale_model: String,
 }
 
 /// Other benchmarks.
@@ -125,9 +158,21 @@ struct Plan {
     model: String,
     stream_model: String,
     cancel_model: String,
+    phases: Vec<String>,
+    rate: f64,
+    open_connections: usize,
+    open_duration: Duration,
+    burst: usize,
+    slow_streams: usize,
+    slow_spread: Duration,
+    scale_model: String,
 }
 
 impl Plan {
+    fn has(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+
     fn from_args(a: &Args) -> Result<Plan, String> {
         let q = a.quick;
         let load_duration = match a.duration {
@@ -141,7 +186,42 @@ impl Plan {
         if a.stream_concurrency == 0 || a.stream_concurrency > 4096 {
             return Err("--stream-concurrency must be 1..=4096".into());
         }
+        let mut phases = Vec::new();
+        for p in &a.phases {
+            let p = p.trim().to_ascii_lowercase();
+            if !ALL_PHASES.contains(&p.as_str()) {
+                return Err(format!(
+                    "unknown phase {p:?}; expected some of {}",
+                    ALL_PHASES.join(",")
+                ));
+            }
+            phases.push(p);
+        }
+        if !(a.rate.is_finite() && a.rate > 0.0 && a.rate <= 1e6) {
+            return Err("--rate must be in (0, 1000000]".into());
+        }
+        if a.open_connections == 0 || a.open_connections > 4096 {
+            return Err("--open-connections must be 1..=4096".into());
+        }
+        let open_s = a.open_duration.unwrap_or(if q { 2.0 } else { 5.0 });
+        if !(open_s.is_finite() && open_s > 0.0 && open_s <= 120.0) {
+            return Err("--open-duration must be in (0, 120] seconds".into());
+        }
         Ok(Plan {
+            phases,
+            rate: a.rate,
+            open_connections: a.open_connections,
+            open_duration: Duration::from_secs_f64(open_s),
+            burst: a
+                .burst
+                .unwrap_or(if q { 200 } else { 1000 })
+                .clamp(1, 50_000),
+            slow_streams: a
+                .slow_streams
+                .unwrap_or(if q { 1000 } else { 10_000 })
+                .clamp(1, 50_000),
+            slow_spread: Duration::from_millis(a.slow_spread_ms.min(60_000)),
+            scale_model: a.scale_model.clone(),
             warmup: a.warmup.unwrap_or(if q { 200 } else { 500 }),
             c1_requests: a.requests_c1.unwrap_or(if q { 300 } else { 2000 }),
             load_requests: a.requests.unwrap_or(if q { 2000 } else { 20_000 }),
@@ -168,6 +248,13 @@ fn main() -> ExitCode {
     if let Some(Mode::Sessions(s)) = args.command.take() {
         return sessions_main(s);
     }
+    // The crowd phases hold one client fd per stream, and the in-process mock one more
+    // per proxied stream; the proxies inherit the limit.
+    let crowd = args
+        .slow_streams
+        .unwrap_or(if args.quick { 1000 } else { 10_000 })
+        .max(args.burst.unwrap_or(1000));
+    let (nofile, note) = targets::ensure_nofile(2 * crowd as u64 + 1000);
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -189,7 +276,7 @@ fn main() -> ExitCode {
     // leaving switchboard and nginx behind.
     let result = runtime.block_on(async {
         tokio::select! {
-            r = run(args) => r,
+            r = run(args, nofile, note.into_iter().collect()) => r,
             _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
         }
     });
@@ -204,7 +291,7 @@ fn main() -> ExitCode {
 
 fn sessions_main(args: sessions::SessionsArgs) -> ExitCode {
     let idle = args.idle.unwrap_or(if args.quick { 500 } else { 10_000 });
-    let (nofile, note) = sessions::ensure_nofile(idle as u64 + 500);
+    let (nofile, note) = targets::ensure_nofile(idle as u64 + 500);
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -391,64 +478,132 @@ async fn bench_target(
     r.absorb("warm-up streams", &ws, false);
     settle().await;
 
-    let c1 = load::run(spec(&chat, 1, plan.c1_requests, false)).await;
+    if plan.has("closed") {
+        closed_loop(
+            name,
+            proxy_pid,
+            plan,
+            &mut r,
+            &spec(&chat, 1, plan.c1_requests, false),
+            spec(&chat, plan.load_c, plan.load_requests, false),
+        )
+        .await;
+    }
+    if plan.has("stream") {
+        let cpu_before = proxy_pid.map(targets::process_tree_cpu);
+        let st = load::run(spec(&stream, plan.stream_c, plan.streams, true)).await;
+        per_unit_cpu(&mut r, "stream_cpu_us", proxy_pid, cpu_before, st.ok);
+        stream_phase(name, plan, &mut r, &st);
+        settle().await;
+    }
+    if plan.has("cancel") {
+        cancel_phase(name, addr, plan, mock, &mut r, &cancel).await;
+        settle().await;
+    }
+    if plan.has("open") {
+        open_phase(name, addr, proxy_pid, plan, &mut r, &chat).await;
+        settle().await;
+    }
+    let scale = chat_request(addr, &plan.scale_model, true);
+    for phase in ["burst", "slow"] {
+        if plan.has(phase) {
+            crowd_phase(name, phase, addr, proxy_pid, plan, &mut r, &scale).await;
+            settle().await;
+        }
+    }
+    Ok(r)
+}
+
+/// Proxy CPU per unit of work (µs), when the proxy is a process of its own.
+fn per_unit_cpu(
+    r: &mut TargetResult,
+    key: &'static str,
+    pid: Option<u32>,
+    before: Option<Duration>,
+    units: u64,
+) {
+    if let (Some(pid), Some(before)) = (pid, before) {
+        let used = targets::process_tree_cpu(pid).saturating_sub(before);
+        put(
+            r,
+            key,
+            (units > 0).then(|| used.as_secs_f64() * 1e6 / units as f64),
+        );
+    }
+}
+
+/// Chat at c=1, then closed loop at c=N with proxy CPU per request.
+async fn closed_loop(
+    name: &str,
+    proxy_pid: Option<u32>,
+    plan: &Plan,
+    r: &mut TargetResult,
+    c1_spec: &Spec,
+    mut load_spec: Spec,
+) {
+    let settle = || tokio::time::sleep(Duration::from_millis(200));
+    let c1 = load::run(c1_spec.clone()).await;
     progress(name, "chat c=1", &c1);
     r.absorb("chat c=1", &c1, false);
     let mut lat = c1.latencies_ns.clone();
     lat.sort_unstable();
-    put(&mut r, "chat_c1_p50_ms", pct_ms(&lat, 50.0));
-    put(&mut r, "chat_c1_p99_ms", pct_ms(&lat, 99.0));
+    put(r, "chat_c1_p50_ms", pct_ms(&lat, 50.0));
+    put(r, "chat_c1_p99_ms", pct_ms(&lat, 99.0));
     settle().await;
 
-    let mut load_spec = spec(&chat, plan.load_c, plan.load_requests, false);
     if let Some(d) = plan.load_duration {
         load_spec.max_requests = 1_000_000_000;
         load_spec.time_limit = d;
     }
     let cpu_before = proxy_pid.map(targets::process_tree_cpu);
     let cn = load::run(load_spec).await;
-    if let (Some(pid), Some(before)) = (proxy_pid, cpu_before) {
-        let used = targets::process_tree_cpu(pid).saturating_sub(before);
-        let served = cn.ok + cn.non_200();
-        put(
-            &mut r,
-            "chat_load_cpu_us",
-            (served > 0).then(|| used.as_secs_f64() * 1e6 / served as f64),
-        );
-    }
+    per_unit_cpu(
+        r,
+        "chat_load_cpu_us",
+        proxy_pid,
+        cpu_before,
+        cn.ok + cn.non_200(),
+    );
     progress(name, &format!("chat c={}", plan.load_c), &cn);
     r.absorb("chat load", &cn, plan.load_duration.is_some());
     let mut lat = cn.latencies_ns.clone();
     lat.sort_unstable();
-    put(&mut r, "chat_load_p50_ms", pct_ms(&lat, 50.0));
-    put(&mut r, "chat_load_p99_ms", pct_ms(&lat, 99.0));
-    put(
-        &mut r,
-        "chat_load_max_ms",
-        lat.last().map(|&n| n as f64 / 1e6),
-    );
-    put(&mut r, "chat_load_rps", (cn.ok > 0).then(|| cn.rps()));
+    put(r, "chat_load_p50_ms", pct_ms(&lat, 50.0));
+    put(r, "chat_load_p99_ms", pct_ms(&lat, 99.0));
+    put(r, "chat_load_max_ms", lat.last().map(|&n| n as f64 / 1e6));
+    put(r, "chat_load_rps", (cn.ok > 0).then(|| cn.rps()));
     settle().await;
+}
 
-    let st = load::run(spec(&stream, plan.stream_c, plan.streams, true)).await;
-    progress(name, &format!("stream c={}", plan.stream_c), &st);
-    r.absorb("stream", &st, false);
+/// The stream c=N figures of a finished run.
+fn stream_phase(name: &str, plan: &Plan, r: &mut TargetResult, st: &Outcome) {
+    progress(name, &format!("stream c={}", plan.stream_c), st);
+    r.absorb("stream", st, false);
     let mut ttft = st.ttft_ns.clone();
     ttft.sort_unstable();
     let mut total = st.latencies_ns.clone();
     total.sort_unstable();
-    put(&mut r, "ttft_p50_ms", pct_ms(&ttft, 50.0));
-    put(&mut r, "ttft_p99_ms", pct_ms(&ttft, 99.0));
-    put(&mut r, "stream_total_p50_ms", pct_ms(&total, 50.0));
+    put(r, "ttft_p50_ms", pct_ms(&ttft, 50.0));
+    put(r, "ttft_p99_ms", pct_ms(&ttft, 99.0));
+    put(r, "stream_total_p50_ms", pct_ms(&total, 50.0));
     let mut gaps = st.max_gap_ns.clone();
     gaps.sort_unstable();
-    put(&mut r, "stream_max_gap_p50_ms", pct_ms(&gaps, 50.0));
-    put(&mut r, "stream_max_gap_p99_ms", pct_ms(&gaps, 99.0));
-    settle().await;
+    put(r, "stream_max_gap_p50_ms", pct_ms(&gaps, 50.0));
+    put(r, "stream_max_gap_p99_ms", pct_ms(&gaps, 99.0));
+}
 
+/// Cancel → upstream close, sequential tries.
+async fn cancel_phase(
+    name: &str,
+    addr: SocketAddr,
+    plan: &Plan,
+    mock: &MockHandle,
+    r: &mut TargetResult,
+    cancel: &[u8],
+) {
     let c = load::cancel_probe(
         addr,
-        &cancel,
+        cancel,
         mock,
         &plan.cancel_model,
         plan.cancel_tries,
@@ -465,15 +620,154 @@ async fn bench_target(
     r.absorb_cancel(&c);
     let mut d = c.delays_ms.clone();
     d.sort_by(f64::total_cmp);
-    put(&mut r, "cancel_p50_ms", pct_f(&d, 50.0));
-    put(&mut r, "cancel_p99_ms", pct_f(&d, 99.0));
-    put(&mut r, "cancel_max_ms", d.last().copied());
+    put(r, "cancel_p50_ms", pct_f(&d, 50.0));
+    put(r, "cancel_p99_ms", pct_f(&d, 99.0));
+    put(r, "cancel_max_ms", d.last().copied());
     let mut d = c.at_ms_delays_ms.clone();
     d.sort_by(f64::total_cmp);
-    put(&mut r, "cancel_at_ms_p50_ms", pct_f(&d, 50.0));
-    put(&mut r, "cancel_at_ms_p99_ms", pct_f(&d, 99.0));
-    settle().await;
-    Ok(r)
+    put(r, "cancel_at_ms_p50_ms", pct_f(&d, 50.0));
+    put(r, "cancel_at_ms_p99_ms", pct_f(&d, 99.0));
+}
+
+/// Open loop at `--rate` over `--open-connections`, latency from the schedule.
+async fn open_phase(
+    name: &str,
+    addr: SocketAddr,
+    proxy_pid: Option<u32>,
+    plan: &Plan,
+    r: &mut TargetResult,
+    chat: &Arc<Vec<u8>>,
+) {
+    let cpu_before = proxy_pid.map(targets::process_tree_cpu);
+    let o = scale::open_loop(scale::OpenSpec {
+        addr,
+        request: Arc::clone(chat),
+        rate: plan.rate,
+        connections: plan.open_connections,
+        duration: plan.open_duration,
+        request_timeout: plan.request_timeout,
+    })
+    .await;
+    per_unit_cpu(r, "open_cpu_us", proxy_pid, cpu_before, o.ok);
+    eprintln!(
+        "  [{name}] open loop {:.0}/s: {} scheduled, {} ok, {} errors, {} non-200, {:.0} req/s achieved",
+        plan.rate,
+        o.scheduled,
+        o.ok,
+        o.errors,
+        o.statuses.values().sum::<u64>(),
+        o.achieved_rps()
+    );
+    r.errors += o.errors;
+    for (s, n) in &o.statuses {
+        *r.statuses.entry(*s).or_default() += n;
+    }
+    for p in &o.problems {
+        r.problems.push(format!("open loop: {p}"));
+    }
+    put(r, "open_p50_ms", pct_ms(&o.latencies_ns, 50.0));
+    put(r, "open_p99_ms", pct_ms(&o.latencies_ns, 99.0));
+    put(r, "open_p999_ms", pct_ms(&o.latencies_ns, 99.9));
+    put(r, "open_rps", (o.ok > 0).then(|| o.achieved_rps()));
+    put(r, "open_lag_p99_ms", pct_ms(&o.send_lag_ns, 99.0));
+    if o.ok > 0 && o.achieved_rps() < 0.95 * plan.rate {
+        r.problems.push(format!(
+            "open loop saturated: {:.0} of {:.0} req/s offered; its latency is queueing, not the proxy's cost",
+            o.achieved_rps(),
+            plan.rate
+        ));
+    }
+}
+
+/// A crowd of streams of `--scale-model`: `burst` (all at once) or `slow` (spread).
+async fn crowd_phase(
+    name: &str,
+    phase: &'static str,
+    addr: SocketAddr,
+    proxy_pid: Option<u32>,
+    plan: &Plan,
+    r: &mut TargetResult,
+    request: &Arc<Vec<u8>>,
+) {
+    let (streams, spread) = if phase == "burst" {
+        (plan.burst, Duration::ZERO)
+    } else {
+        (plan.slow_streams, plan.slow_spread)
+    };
+    let o = scale::crowd(scale::CrowdSpec {
+        addr,
+        request: Arc::clone(request),
+        streams,
+        spread,
+        connect_concurrency: 200,
+        proxy_pid,
+        stream_timeout: plan.request_timeout,
+    })
+    .await;
+    eprintln!(
+        "  [{name}] {phase}: {streams} streams, {} complete, {} connect failures, {} errors, {} incomplete in {:.2} s",
+        o.completed,
+        o.connect_failed,
+        o.errors,
+        o.incomplete,
+        o.elapsed.as_secs_f64()
+    );
+    r.errors += o.errors + o.connect_failed;
+    r.incomplete += o.incomplete;
+    for p in &o.problems {
+        r.problems.push(format!("{phase}: {p}"));
+    }
+    let key = |k: &str| -> &'static str {
+        match (phase, k) {
+            ("burst", "ttft50") => "burst_ttft_p50_ms",
+            ("burst", "ttft99") => "burst_ttft_p99_ms",
+            ("burst", "total50") => "burst_total_p50_ms",
+            ("burst", "total99") => "burst_total_p99_ms",
+            ("burst", "done") => "burst_completed",
+            ("burst", "rss") => "burst_rss_kb_per_stream",
+            ("burst", _) => "burst_cpu_us",
+            (_, "ttft50") => "slow_ttft_p50_ms",
+            (_, "ttft99") => "slow_ttft_p99_ms",
+            (_, "total50") => "slow_total_p50_ms",
+            (_, "total99") => "slow_total_p99_ms",
+            (_, "done") => "slow_completed",
+            (_, "rss") => "slow_rss_kb_per_stream",
+            _ => "slow_cpu_us",
+        }
+    };
+    put(r, key("ttft50"), pct_ms(&o.ttft_ns, 50.0));
+    put(r, key("ttft99"), pct_ms(&o.ttft_ns, 99.0));
+    put(r, key("total50"), pct_ms(&o.total_ns, 50.0));
+    put(r, key("total99"), pct_ms(&o.total_ns, 99.0));
+    put(r, key("done"), Some(o.completed as f64));
+    put(r, key("rss"), o.rss_per_stream_kb(streams));
+    put(
+        r,
+        key("cpu"),
+        o.cpu
+            .filter(|_| o.completed > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / o.completed as f64),
+    );
+    if phase == "slow" {
+        let ideal = scale::ideal_stream_ms(&plan.scale_model);
+        let p99 = pct_ms(&o.total_ns, 99.0);
+        put(r, "slow_ideal_ms", ideal);
+        put(
+            r,
+            "slow_total_p99_over_ideal_pct",
+            ideal
+                .zip(p99)
+                .filter(|(i, _)| *i > 0.0)
+                .map(|(i, p)| (p / i - 1.0) * 100.0),
+        );
+    }
+    if let (Some(b), Some(p)) = (o.rss_before_kb, o.rss_peak_kb) {
+        r.problems.push(format!(
+            "{phase}: proxy RSS {:.1} MiB before, {:.1} MiB at peak",
+            b as f64 / 1024.0,
+            p as f64 / 1024.0
+        ));
+    }
 }
 
 fn put(r: &mut TargetResult, key: &'static str, v: Option<f64>) {
@@ -489,6 +783,12 @@ enum Kind {
     /// Microseconds of proxy CPU (user + system). Shown for proxies only: the `direct`
     /// column has none (the mock runs inside the bench), so there is no "added" cell.
     Us,
+    /// A count (completed streams).
+    Count,
+    /// KiB of proxy RSS (proxies only, like `Us`).
+    Kb,
+    /// A percentage.
+    Pct,
 }
 
 struct Row {
@@ -500,6 +800,9 @@ struct Row {
 fn rows(plan: &Plan) -> Vec<Row> {
     let lc = plan.load_c;
     let sc = plan.stream_c;
+    let ol = format!("{:.0}/s x{}", plan.rate, plan.open_connections);
+    let b = plan.burst;
+    let sl = plan.slow_streams;
     let ms = |key, label: String| Row {
         key,
         label,
@@ -538,14 +841,138 @@ fn rows(plan: &Plan) -> Vec<Row> {
         ms("cancel_p50_ms", "cancel->upstream close p50 (ms)".into()),
         ms("cancel_p99_ms", "cancel->upstream close p99 (ms)".into()),
         ms("cancel_max_ms", "cancel->upstream close max (ms)".into()),
+        Row {
+            key: "stream_cpu_us",
+            label: format!("stream c={sc} proxy CPU/stream (us)"),
+            kind: Kind::Us,
+        },
+        ms("open_p50_ms", format!("open {ol} p50 (ms)")),
+        ms("open_p99_ms", format!("open {ol} p99 (ms)")),
+        ms("open_p999_ms", format!("open {ol} p99.9 (ms)")),
+        Row {
+            key: "open_rps",
+            label: format!("open {ol} achieved req/s"),
+            kind: Kind::Rps,
+        },
+        Row {
+            key: "open_cpu_us",
+            label: format!("open {ol} proxy CPU/req (us)"),
+            kind: Kind::Us,
+        },
+        ms("open_lag_p99_ms", format!("open {ol} client send lag p99")),
+        ms("burst_ttft_p50_ms", format!("burst {b}: TTFT p50 (ms)")),
+        ms("burst_ttft_p99_ms", format!("burst {b}: TTFT p99 (ms)")),
+        ms("burst_total_p99_ms", format!("burst {b}: total p99 (ms)")),
+        Row {
+            key: "burst_completed",
+            label: format!("burst {b}: completed"),
+            kind: Kind::Count,
+        },
+        Row {
+            key: "burst_rss_kb_per_stream",
+            label: format!("burst {b}: proxy RSS/stream (KiB)"),
+            kind: Kind::Kb,
+        },
+        Row {
+            key: "burst_cpu_us",
+            label: format!("burst {b}: proxy CPU/stream (us)"),
+            kind: Kind::Us,
+        },
+        Row {
+            key: "slow_completed",
+            label: format!("slow {sl}: completed"),
+            kind: Kind::Count,
+        },
+        ms("slow_total_p50_ms", format!("slow {sl}: total p50 (ms)")),
+        ms("slow_total_p99_ms", format!("slow {sl}: total p99 (ms)")),
+        Row {
+            key: "slow_total_p99_over_ideal_pct",
+            label: format!("slow {sl}: p99 over ideal (%)"),
+            kind: Kind::Pct,
+        },
+        ms("slow_ttft_p99_ms", format!("slow {sl}: TTFT p99 (ms)")),
+        Row {
+            key: "slow_rss_kb_per_stream",
+            label: format!("slow {sl}: proxy RSS/stream (KiB)"),
+            kind: Kind::Kb,
+        },
+        Row {
+            key: "slow_cpu_us",
+            label: format!("slow {sl}: proxy CPU/stream (us)"),
+            kind: Kind::Us,
+        },
     ]
+}
+
+/// The issue-14 figures as switchboard ÷ nginx (label, metric key, target ratio).
+const NGINX_RATIOS: [(&str, &str, Option<f64>); 6] = [
+    (
+        "CPU per request (closed loop)",
+        "chat_load_cpu_us",
+        Some(1.3),
+    ),
+    ("CPU per request (open loop)", "open_cpu_us", Some(1.3)),
+    ("CPU per stream (stream c=N)", "stream_cpu_us", Some(1.0)),
+    ("TTFT p50 (stream c=N)", "ttft_p50_ms", None),
+    ("TTFT p50 (burst)", "burst_ttft_p50_ms", Some(1.2)),
+    ("RSS per stream (burst)", "burst_rss_kb_per_stream", None),
+];
+
+/// Appends the switchboard ÷ nginx block (and the open-loop added p99 of both) to the
+/// table; returns the ratios for the JSON line.
+fn nginx_ratios(results: &[(String, TargetResult)], out: &mut String) -> Value {
+    let get = |t: &str| results.iter().find(|(n, _)| n == t).map(|(_, r)| r);
+    let (Some(sb), Some(ng)) = (get("switchboard"), get("nginx")) else {
+        return Value::Null;
+    };
+    let mut j = serde_json::Map::new();
+    out.push_str(&format!(
+        "\n{:<40}{:>13}{:>13}{:>13}\n",
+        "switchboard / nginx (same run)", "ratio", "target", "met"
+    ));
+    for (label, key, target) in NGINX_RATIOS {
+        let (Some(a), Some(b)) = (sb.metrics.get(key), ng.metrics.get(key)) else {
+            continue;
+        };
+        if *b <= 0.0 {
+            continue;
+        }
+        let ratio = a / b;
+        let (t, met) = match target {
+            Some(t) => (format!("<= {t:.1}"), if ratio <= t { "yes" } else { "no" }),
+            None => ("-".into(), "-"),
+        };
+        out.push_str(&format!(
+            "{label:<40}{:>13}{t:>13}{met:>13}\n",
+            format!("{ratio:.2}x")
+        ));
+        j.insert(key.to_string(), json!(ratio));
+    }
+    if let Some(d) = get("direct").and_then(|d| d.metrics.get("open_p99_ms")) {
+        for (name, r) in [("switchboard", sb), ("nginx", ng)] {
+            if let Some(p) = r.metrics.get("open_p99_ms") {
+                let added = p - d;
+                out.push_str(&format!(
+                    "{:<40}{:>13}{:>13}{:>13}\n",
+                    format!("open loop p99 added over direct: {name}"),
+                    format!("{added:+.3} ms"),
+                    "<= 1 ms",
+                    if added <= 1.0 { "yes" } else { "no" }
+                ));
+                j.insert(format!("open_p99_added_ms_{name}"), json!(added));
+            }
+        }
+    }
+    Value::Object(j)
 }
 
 fn fmt(v: Option<f64>, kind: Kind) -> String {
     match (v, kind) {
         (None, _) => "-".into(),
         (Some(v), Kind::Rps) => format!("{v:.0}"),
-        (Some(v), Kind::Us) => format!("{v:.1}"),
+        (Some(v), Kind::Us | Kind::Kb) => format!("{v:.1}"),
+        (Some(v), Kind::Count) => format!("{v:.0}"),
+        (Some(v), Kind::Pct) => format!("{v:+.1}%"),
         (Some(v), Kind::Ms) if v.abs() >= 100.0 => format!("{v:.1}"),
         (Some(v), Kind::Ms) => format!("{v:.3}"),
     }
@@ -585,8 +1012,22 @@ fn resolve_switchboard(flag: Option<&PathBuf>) -> PathBuf {
     default
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let plan = Plan::from_args(&args)?;
+async fn run(args: Args, nofile: Option<u64>, mut notes: Vec<String>) -> Result<(), String> {
+    let mut plan = Plan::from_args(&args)?;
+    if let Some(limit) = nofile {
+        let room = usize::try_from(limit.saturating_sub(1000) / 2).unwrap_or(usize::MAX);
+        for (what, n) in [
+            ("slow streams", &mut plan.slow_streams),
+            ("burst", &mut plan.burst),
+        ] {
+            if *n > room {
+                notes.push(format!(
+                    "{what} capped at {room} (from {n}) by RLIMIT_NOFILE {limit}; run as root or raise `ulimit -Hn`"
+                ));
+                *n = room;
+            }
+        }
+    }
     let mut wanted: Vec<String> = Vec::new();
     for t in &args.targets {
         let t = t.trim().to_ascii_lowercase();
@@ -601,7 +1042,6 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let started = Instant::now();
-    let mut notes: Vec<String> = Vec::new();
     if cfg!(debug_assertions) {
         notes
             .push("the bench itself is a debug build; use --release for meaningful numbers".into());
@@ -635,7 +1075,7 @@ async fn run(args: Args) -> Result<(), String> {
                 let started = Switchboard::start(&SwitchboardOpts {
                     binary: &sb_path,
                     workers: args.proxy_workers,
-                    extra_env: &[],
+                    extra_env: &[("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "0".into())],
                 });
                 let sb = match started {
                     Ok(sb) => sb,
@@ -645,7 +1085,12 @@ async fn run(args: Args) -> Result<(), String> {
                     }
                 };
                 let mut failed = None;
-                for m in [&plan.model, &plan.stream_model, &plan.cancel_model] {
+                for m in [
+                    &plan.model,
+                    &plan.stream_model,
+                    &plan.cancel_model,
+                    &plan.scale_model,
+                ] {
                     if let Err(e) = sb.register(m, &mock_url).await {
                         failed = Some(e);
                         break;
@@ -700,10 +1145,13 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     // ---- report ----
-    let rows = rows(&plan);
+    let rows: Vec<Row> = rows(&plan)
+        .into_iter()
+        .filter(|row| results.iter().any(|(_, r)| r.metrics.contains_key(row.key)))
+        .collect();
     let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
     let direct = results.iter().find(|(n, _)| n == "direct").map(|(_, r)| r);
-    let label_w = 34;
+    let label_w = 40;
     let col_w = 13;
     let mut out = String::new();
     let header = |out: &mut String, title: &str| {
@@ -772,7 +1220,7 @@ async fn run(args: Args) -> Result<(), String> {
             for (name, r) in &results {
                 let cell = match (r.metrics.get(row.key), d.metrics.get(row.key)) {
                     _ if name == "direct" => "-".to_string(),
-                    (Some(v), Some(base)) if row.kind != Kind::Ms => {
+                    (Some(v), Some(base)) if !matches!(row.kind, Kind::Ms | Kind::Pct) => {
                         let pct = (v / base - 1.0) * 100.0;
                         added.entry(name.clone()).or_default().insert(row.key, pct);
                         format!("{pct:+.0}%")
@@ -796,6 +1244,7 @@ async fn run(args: Args) -> Result<(), String> {
             out.push('\n');
         }
     }
+    let ratios = nginx_ratios(&results, &mut out);
     print!("{out}");
 
     // Notes: anything that went wrong or looked odd.
@@ -888,6 +1337,7 @@ async fn run(args: Args) -> Result<(), String> {
         },
         "targets": per_target,
         "added_vs_direct": added,
+        "switchboard_over_nginx": ratios,
         "skipped": skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
         "switchboard_log": sb_log,
         "notes": report_notes,

@@ -27,7 +27,7 @@ mod idle;
 mod replay;
 mod run;
 
-pub use run::{ensure_nofile, run};
+pub use run::run;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;

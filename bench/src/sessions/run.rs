@@ -12,64 +12,6 @@ use super::idle::phase_idle;
 use super::replay::phase_replay;
 use super::{fmt_opt, mb, pct, us_to_ms, SessionsArgs, PHASES};
 
-/// Raises the fd soft limit to the hard one by re-executing through `sh -c 'ulimit -n'`
-/// (the bench has no libc binding); returns the limit in effect, and a note.
-pub fn ensure_nofile(needed: u64) -> (Option<u64>, Option<String>) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let parse = |v: Option<&str>| -> Option<u64> {
-        match v? {
-            "unlimited" => Some(u64::MAX),
-            n => n.parse().ok(),
-        }
-    };
-    let (soft, hard) = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .map(|l| {
-            let mut parts = l["Max open files".len()..].split_whitespace();
-            (parse(parts.next()), parse(parts.next()))
-        })
-        .unwrap_or((None, None));
-    let (Some(soft), Some(hard)) = (soft, hard) else {
-        return (
-            None,
-            Some("cannot read RLIMIT_NOFILE from /proc/self/limits".into()),
-        );
-    };
-    if soft >= hard || (hard == u64::MAX && soft >= needed) {
-        return (Some(soft), None);
-    }
-    if std::env::var_os("BENCH_NOFILE_REEXEC").is_some() {
-        return (
-            Some(soft),
-            Some(format!(
-                "could not raise the fd limit above {soft} (hard {hard})"
-            )),
-        );
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return (Some(soft), None);
-    };
-    let target = if hard == u64::MAX {
-        needed.max(65536).to_string()
-    } else {
-        hard.to_string()
-    };
-    eprintln!("raising the fd soft limit {soft} -> {target} (re-exec through sh)");
-    use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -S -n {target} && exec \"$0\" \"$@\""))
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .env("BENCH_NOFILE_REEXEC", "1")
-        .exec();
-    (
-        Some(soft),
-        Some(format!("re-exec to raise the fd limit failed: {err}")),
-    )
-}
-
 /// Runs `bench sessions`.
 pub async fn run(
     args: SessionsArgs,
