@@ -9,10 +9,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::timeout;
 
-use crate::targets::Switchboard;
+use crate::targets::{vm_rss_kb, Switchboard};
 use crate::ws::Msg;
 
-use super::{cpu_snapshot, get_json, note, open_session, parse_ev, vm_rss_kb, CLK_TCK};
+use super::{cpu_snapshot, get_json, note, open_session, parse_ev, CLK_TCK};
 
 #[derive(Debug, Default)]
 pub(super) struct IdleOutcome {

@@ -231,17 +231,6 @@ fn us_to_ms(v: Option<u64>) -> Option<f64> {
     v.map(|u| u as f64 / 1000.0)
 }
 
-fn vm_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// `GET path` with the admin key; the JSON body on 200.
 async fn get_json(sb: &Switchboard, path: &str) -> Option<Value> {
     let req = build_request("GET", sb.addr, path, &[("X-API-Key", &sb.admin_key)], None);
