@@ -388,7 +388,11 @@ async fn crowd_phase(
         spread,
         connect_concurrency: 200,
         proxy_pid,
-        stream_timeout: plan.request_timeout,
+        // A stream of the scale model takes its ideal time plus whatever the box adds.
+        stream_timeout: plan.request_timeout
+            + Duration::from_secs_f64(
+                scale::ideal_stream_ms(&plan.scale_model).unwrap_or(0.0) / 1e3,
+            ),
     })
     .await;
     eprintln!(
@@ -432,8 +436,8 @@ async fn crowd_phase(
         r,
         key("cpu"),
         o.cpu
-            .filter(|_| o.completed > 0)
-            .map(|c| c.as_secs_f64() * 1e6 / o.completed as f64),
+            .filter(|_| o.started > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / o.started as f64),
     );
     if phase == "slow" {
         let ideal = scale::ideal_stream_ms(&plan.scale_model);

@@ -85,9 +85,20 @@ pub(crate) fn print(run: &Run<'_>) {
         None => format!("{} req", plan.load_requests),
     };
     out.push_str(&format!(
-        "runs per target: warm-up {} req; c=1 {} req; c={} {}; {} streams of `{}` at c={}; {} cancels of `{}`\n\n",
+        "runs per target: warm-up {} req; c=1 {} req; c={} {}; {} streams of `{}` at c={}; {} cancels of `{}`\n",
         plan.warmup, plan.c1_requests, plan.load_c, load_desc, plan.streams, plan.stream_model,
         plan.stream_c, plan.cancel_tries, plan.cancel_model
+    ));
+    out.push_str(&format!(
+        "phases: {}; open loop {:.0} req/s over {} connections for {:.1} s; burst {} and slow {} (spread {} ms) streams of `{}`\n\n",
+        plan.phases.join(","),
+        plan.rate,
+        plan.open_connections,
+        plan.open_duration.as_secs_f64(),
+        plan.burst,
+        plan.slow_streams,
+        plan.slow_spread.as_millis(),
+        plan.scale_model
     ));
     header(&mut out, "metric");
     for row in &rows {
@@ -226,6 +237,14 @@ pub(crate) fn print(run: &Run<'_>) {
         "bench_release": !cfg!(debug_assertions),
         "quick": args.quick,
         "params": {
+            "phases": plan.phases,
+            "rate": plan.rate,
+            "open_connections": plan.open_connections,
+            "open_duration_s": plan.open_duration.as_secs_f64(),
+            "burst": plan.burst,
+            "slow_streams": plan.slow_streams,
+            "slow_spread_ms": plan.slow_spread.as_millis() as u64,
+            "scale_model": plan.scale_model,
             "warmup": plan.warmup,
             "c1_requests": plan.c1_requests,
             "load_concurrency": plan.load_c,
@@ -430,7 +449,7 @@ fn nginx_ratios(results: &[(String, TargetResult)], out: &mut String) -> Value {
                 let added = p - d;
                 out.push_str(&format!(
                     "{:<40}{:>13}{:>13}{:>13}\n",
-                    format!("open loop p99 added over direct: {name}"),
+                    format!("open p99 added vs direct: {name}"),
                     format!("{added:+.3} ms"),
                     "<= 1 ms",
                     if added <= 1.0 { "yes" } else { "no" }

@@ -44,8 +44,9 @@ pub struct OpenSpec {
 pub struct OpenOutcome {
     /// Scheduled send → last byte, ns, of good responses.
     pub latencies_ns: Vec<u64>,
-    /// Scheduled send → actual write, ns: the load generator's own lateness
-    /// (part of `latencies_ns`; when it is large the client, not the target, lagged).
+    /// Load generator lateness, ns: actual write − max(scheduled time, previous response
+    /// on the connection done). Waiting for a busy connection is the target's doing and
+    /// is not in here; a large value means the client (its thread, the box) lagged.
     pub send_lag_ns: Vec<u64>,
     /// Requests the pacer scheduled.
     pub scheduled: u64,
@@ -98,6 +99,7 @@ async fn open_worker(
     base: Instant,
 ) -> OpenOutcome {
     let mut out = OpenOutcome::default();
+    let mut free_since = base;
     while let Some(sched) = due.recv().await {
         if sched.elapsed() > spec.request_timeout {
             out.errors += 1;
@@ -120,11 +122,12 @@ async fn open_worker(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        out.send_lag_ns.push(nanos(sched.elapsed()));
+        out.send_lag_ns.push(nanos(free_since.max(sched).elapsed()));
         let left = spec.request_timeout.saturating_sub(sched.elapsed());
         match timeout(left, exchange(c, &spec.request, sched, false)).await {
             Ok(Ok(x)) => {
                 let done = Instant::now();
+                free_since = done;
                 last_done.fetch_max(nanos(done - base), Ordering::Relaxed);
                 if x.close || !x.complete {
                     conn = None;
@@ -140,9 +143,11 @@ async fn open_worker(
                 out.errors += 1;
                 out.note(e.to_string());
                 conn = None;
+                free_since = Instant::now();
             }
             Err(_) => {
                 out.errors += 1;
+                free_since = Instant::now();
                 out.note(format!(
                     "no response within {:?} of the schedule",
                     spec.request_timeout
@@ -270,6 +275,8 @@ pub struct CrowdOutcome {
     pub rss_peak_kb: Option<u64>,
     /// Proxy CPU time while the streams ran.
     pub cpu: Option<Duration>,
+    /// Streams whose request was sent (complete or not): the CPU's denominator.
+    pub started: u64,
     /// First start → last stream ended.
     pub elapsed: Duration,
     /// First few problems.
@@ -426,16 +433,19 @@ pub async fn crowd(spec: CrowdSpec) -> CrowdOutcome {
     for h in handles {
         match h.await {
             Ok(Some((StreamEnd::Done { ttft, total }, _))) => {
+                out.started += 1;
                 out.completed += 1;
                 out.ttft_ns.push(nanos(ttft));
                 out.total_ns.push(nanos(total));
             }
             Ok(Some((StreamEnd::Incomplete(p), _))) => {
+                out.started += 1;
                 out.incomplete += 1;
                 out.note(p);
             }
             Ok(Some((StreamEnd::Failed(p), connect))) => {
                 if !connect {
+                    out.started += 1;
                     out.errors += 1;
                 }
                 out.note(p);

@@ -528,11 +528,20 @@ pub fn ensure_nofile(needed: u64) -> (Option<u64>, Option<String>) {
     } else {
         ("-S ", hard.to_string())
     };
+    let hard_s = if hard == u64::MAX {
+        "unlimited".to_string()
+    } else {
+        hard.to_string()
+    };
     eprintln!("raising the fd limit {soft} -> {target} (re-exec through sh)");
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit {flag}-n {target} && exec \"$0\" \"$@\""))
+        // Raising the hard limit needs CAP_SYS_RESOURCE (not every root has it, e.g. in a
+        // container): fall back to the soft limit up to the hard one, and run either way.
+        .arg(format!(
+            "ulimit {flag}-n {target} 2>/dev/null || ulimit -S -n {hard_s} 2>/dev/null; exec \"$0\" \"$@\""
+        ))
         .arg(exe)
         .args(std::env::args_os().skip(1))
         .env("BENCH_NOFILE_REEXEC", "1")
