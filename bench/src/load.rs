@@ -96,17 +96,26 @@ impl Outcome {
     }
 }
 
-struct Exchange {
-    status: u16,
-    close: bool,
-    complete: bool,
-    ttft: Option<Duration>,
-    max_gap: Duration,
-    done: bool,
-    snippet: Vec<u8>,
+/// One request/response on a keep-alive connection, as [`exchange`] saw it.
+pub(crate) struct Exchange {
+    /// HTTP status.
+    pub(crate) status: u16,
+    /// The response asked to close the connection.
+    pub(crate) close: bool,
+    /// The body was read to its end.
+    pub(crate) complete: bool,
+    /// `t0` → first content token (streams).
+    pub(crate) ttft: Option<Duration>,
+    /// Largest gap between tokens (streams).
+    pub(crate) max_gap: Duration,
+    /// `[DONE]` was seen (streams).
+    pub(crate) done: bool,
+    /// Start of a non-200 body, for the notes.
+    pub(crate) snippet: Vec<u8>,
 }
 
-async fn exchange(
+/// Sends `request` on `conn` and reads the whole response, scanning SSE when `stream`.
+pub(crate) async fn exchange(
     conn: &mut Conn,
     request: &[u8],
     t0: Instant,
@@ -250,7 +259,8 @@ pub async fn run(spec: Spec) -> Outcome {
     total
 }
 
-fn nanos(d: Duration) -> u64 {
+/// `d` in whole nanoseconds (saturating).
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

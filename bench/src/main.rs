@@ -3,35 +3,40 @@
 //!
 //! - [`client`]: the hand-written HTTP/1.1 client (keep-alive, chunked, SSE scan).
 //! - [`load`]: closed-loop load runs and the cancel probe.
+//! - [`phases`]: the measurement plan for one target (warm-up, then each phase).
+//! - [`report`]: the table, the switchboard / nginx ratios, notes and `BENCH_JSON`.
+//! - [`scale`]: open-loop load (fixed rate, latency from the schedule) and crowds of
+//!   streams (a burst of stream starts, thousands of slow streams) with proxy RSS.
 //! - [`targets`]: child processes (switchboard, nginx) and their temp dirs.
 //! - [`routing`]: `bench routing`, the routing policies over mocks that behave like servers.
-//! - this file: flags, the measurement plan, the table and the JSON line.
+//! - this file: flags, starting the targets, running the phases on each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
 mod load;
+mod phases;
+mod report;
 mod routing;
+mod scale;
 mod sessions;
 mod targets;
 mod ws;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mockllm::{MockHandle, MockServer};
-use serde_json::{json, Value};
+use mockllm::MockServer;
 
-use crate::client::build_request;
-use crate::load::{CancelOutcome, Outcome, Spec};
+use crate::phases::{bench_target, TargetResult};
 use crate::targets::{Nginx, Switchboard, SwitchboardOpts};
 
 const ALL_TARGETS: [&str; 3] = ["direct", "switchboard", "nginx"];
+/// Phases of the gateway bench, in run order (`--phases`).
+const ALL_PHASES: [&str; 6] = ["closed", "stream", "cancel", "open", "burst", "slow"];
 
 /// Loopback benchmark: mock backend direct vs through switchboard vs through nginx.
 #[derive(Debug, Parser)]
@@ -101,6 +106,34 @@ struct Args {
     /// Model of the cancel probe (must stream slowly for a while).
     #[arg(long, default_value = "d50-w400")]
     cancel_model: String,
+    /// Phases to run after the warm-up: closed (c=1 and c=N), stream, cancel, open, burst, slow.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "closed,stream,cancel,open,burst,slow"
+    )]
+    phases: Vec<String>,
+    /// Open loop: offered requests per second (latency from the scheduled send time).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Open loop: keep-alive connections the rate is spread over.
+    #[arg(long, default_value_t = 64)]
+    open_connections: usize,
+    /// Open loop: seconds of offered load [default: 5, quick 2].
+    #[arg(long)]
+    open_duration: Option<f64>,
+    /// Burst: streams started at the same instant [default: 1000, quick 200].
+    #[arg(long)]
+    burst: Option<usize>,
+    /// Slow streams: concurrent streams [default: 10000, quick 1000].
+    #[arg(long)]
+    slow_streams: Option<usize>,
+    /// Slow streams: starts spread evenly over this many ms (all are open at once after it).
+    #[arg(long, default_value_t = 1000)]
+    slow_spread_ms: u64,
+    /// Model of the burst and slow-stream phases (`dN-wM`: M tokens, N ms apart).
+    #[arg(long, default_value = "d50-w64")]
+    scale_model: String,
 }
 
 /// Other benchmarks.
@@ -129,9 +162,21 @@ struct Plan {
     model: String,
     stream_model: String,
     cancel_model: String,
+    phases: Vec<String>,
+    rate: f64,
+    open_connections: usize,
+    open_duration: Duration,
+    burst: usize,
+    slow_streams: usize,
+    slow_spread: Duration,
+    scale_model: String,
 }
 
 impl Plan {
+    fn has(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+
     fn from_args(a: &Args) -> Result<Plan, String> {
         let q = a.quick;
         let load_duration = match a.duration {
@@ -145,7 +190,42 @@ impl Plan {
         if a.stream_concurrency == 0 || a.stream_concurrency > 4096 {
             return Err("--stream-concurrency must be 1..=4096".into());
         }
+        let mut phases = Vec::new();
+        for p in &a.phases {
+            let p = p.trim().to_ascii_lowercase();
+            if !ALL_PHASES.contains(&p.as_str()) {
+                return Err(format!(
+                    "unknown phase {p:?}; expected some of {}",
+                    ALL_PHASES.join(",")
+                ));
+            }
+            phases.push(p);
+        }
+        if !(a.rate.is_finite() && a.rate > 0.0 && a.rate <= 1e6) {
+            return Err("--rate must be in (0, 1000000]".into());
+        }
+        if a.open_connections == 0 || a.open_connections > 4096 {
+            return Err("--open-connections must be 1..=4096".into());
+        }
+        let open_s = a.open_duration.unwrap_or(if q { 2.0 } else { 5.0 });
+        if !(open_s.is_finite() && open_s > 0.0 && open_s <= 120.0) {
+            return Err("--open-duration must be in (0, 120] seconds".into());
+        }
         Ok(Plan {
+            phases,
+            rate: a.rate,
+            open_connections: a.open_connections,
+            open_duration: Duration::from_secs_f64(open_s),
+            burst: a
+                .burst
+                .unwrap_or(if q { 200 } else { 1000 })
+                .clamp(1, 50_000),
+            slow_streams: a
+                .slow_streams
+                .unwrap_or(if q { 1000 } else { 10_000 })
+                .clamp(1, 50_000),
+            slow_spread: Duration::from_millis(a.slow_spread_ms.min(60_000)),
+            scale_model: a.scale_model.clone(),
             warmup: a.warmup.unwrap_or(if q { 200 } else { 500 }),
             c1_requests: a.requests_c1.unwrap_or(if q { 300 } else { 2000 }),
             load_requests: a.requests.unwrap_or(if q { 2000 } else { 20_000 }),
@@ -174,6 +254,13 @@ fn main() -> ExitCode {
         Some(Mode::Routing(r)) => return routing_main(r),
         None => {}
     }
+    // The crowd phases hold one client fd per stream, and the in-process mock one more
+    // per proxied stream; the proxies inherit the limit.
+    let crowd = args
+        .slow_streams
+        .unwrap_or(if args.quick { 1000 } else { 10_000 })
+        .max(args.burst.unwrap_or(1000));
+    let (nofile, note) = targets::ensure_nofile(2 * crowd as u64 + 1000);
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -195,7 +282,7 @@ fn main() -> ExitCode {
     // leaving switchboard and nginx behind.
     let result = runtime.block_on(async {
         tokio::select! {
-            r = run(args) => r,
+            r = run(args, nofile, note.into_iter().collect()) => r,
             _ = tokio::signal::ctrl_c() => Err("interrupted; child processes stopped".to_string()),
         }
     });
@@ -238,7 +325,7 @@ fn routing_main(args: routing::RoutingArgs) -> ExitCode {
 
 fn sessions_main(args: sessions::SessionsArgs) -> ExitCode {
     let idle = args.idle.unwrap_or(if args.quick { 500 } else { 10_000 });
-    let (nofile, note) = sessions::ensure_nofile(idle as u64 + 500);
+    let (nofile, note) = targets::ensure_nofile(idle as u64 + 500);
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -271,317 +358,6 @@ fn sessions_main(args: sessions::SessionsArgs) -> ExitCode {
             eprintln!("bench: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Per-target measurements.
-#[derive(Debug, Default)]
-struct TargetResult {
-    metrics: BTreeMap<&'static str, f64>,
-    errors: u64,
-    statuses: BTreeMap<u16, u64>,
-    incomplete: u64,
-    server_closes: u64,
-    connects: u64,
-    truncated: Vec<&'static str>,
-    cancel_missed: u32,
-    cancel_errors: u32,
-    problems: Vec<String>,
-}
-
-impl TargetResult {
-    fn absorb(&mut self, phase: &'static str, o: &Outcome, timed: bool) {
-        self.errors += o.errors;
-        for (s, n) in &o.statuses {
-            *self.statuses.entry(*s).or_default() += n;
-        }
-        self.incomplete += o.incomplete;
-        self.server_closes += o.server_closes;
-        self.connects += o.connects;
-        if o.truncated && !timed {
-            self.truncated.push(phase);
-        }
-        for p in &o.problems {
-            if self.problems.len() < 8 {
-                self.problems.push(format!("{phase}: {p}"));
-            }
-        }
-    }
-
-    fn absorb_cancel(&mut self, c: &CancelOutcome) {
-        self.cancel_missed += c.missed;
-        self.cancel_errors += c.errors;
-        for p in &c.problems {
-            if self.problems.len() < 8 {
-                self.problems.push(format!("cancel: {p}"));
-            }
-        }
-    }
-}
-
-/// Nearest-rank percentile of nanosecond samples, in ms.
-fn pct_ms(sorted: &[u64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, n) - 1] as f64 / 1e6)
-}
-
-fn pct_f(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, n) - 1])
-}
-
-fn chat_body(model: &str, stream: bool) -> Vec<u8> {
-    let mut body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "hi"}],
-    });
-    if stream {
-        body["stream"] = Value::Bool(true);
-    }
-    body.to_string().into_bytes()
-}
-
-fn chat_request(addr: SocketAddr, model: &str, stream: bool) -> Arc<Vec<u8>> {
-    Arc::new(build_request(
-        "POST",
-        addr,
-        "/v1/chat/completions",
-        &[],
-        Some(&chat_body(model, stream)),
-    ))
-}
-
-fn progress(target: &str, phase: &str, o: &Outcome) {
-    eprintln!(
-        "  [{target}] {phase}: {} ok, {} errors, {} non-200, {} incomplete in {:.2} s",
-        o.ok,
-        o.errors,
-        o.non_200(),
-        o.incomplete,
-        o.elapsed.as_secs_f64()
-    );
-}
-
-/// Waits until a plain chat request through `addr` answers 200 (up to 10 s).
-async fn sanity(addr: SocketAddr, plan: &Plan) -> Result<(), String> {
-    let req = chat_request(addr, &plan.model, false);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match targets::one_shot(addr, &req).await {
-            Ok((200, _)) => return Ok(()),
-            Ok((s, body)) => last = format!("HTTP {s}: {}", body.trim()),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!(
-        "no 200 from a plain chat request within 10 s; last: {last}"
-    ))
-}
-
-async fn bench_target(
-    name: &str,
-    addr: SocketAddr,
-    proxy_pid: Option<u32>,
-    plan: &Plan,
-    mock: &MockHandle,
-) -> Result<TargetResult, String> {
-    sanity(addr, plan).await?;
-    let mut r = TargetResult::default();
-    let chat = chat_request(addr, &plan.model, false);
-    let stream = chat_request(addr, &plan.stream_model, true);
-    let cancel = chat_request(addr, &plan.cancel_model, true);
-    let spec = |request: &Arc<Vec<u8>>, concurrency: usize, n: u64, stream: bool| Spec {
-        addr,
-        request: Arc::clone(request),
-        concurrency,
-        max_requests: n,
-        time_limit: plan.time_limit,
-        request_timeout: plan.request_timeout,
-        stream,
-    };
-    let settle = || tokio::time::sleep(Duration::from_millis(200));
-
-    // Warm-up: fill connection pools at the load concurrency, plus some streams.
-    let w = load::run(spec(&chat, plan.load_c, plan.warmup, false)).await;
-    progress(name, "warm-up", &w);
-    r.absorb("warm-up", &w, false);
-    let ws = load::run(spec(
-        &stream,
-        plan.stream_c,
-        (plan.warmup / 10).max(16),
-        true,
-    ))
-    .await;
-    r.absorb("warm-up streams", &ws, false);
-    settle().await;
-
-    let c1 = load::run(spec(&chat, 1, plan.c1_requests, false)).await;
-    progress(name, "chat c=1", &c1);
-    r.absorb("chat c=1", &c1, false);
-    let mut lat = c1.latencies_ns.clone();
-    lat.sort_unstable();
-    put(&mut r, "chat_c1_p50_ms", pct_ms(&lat, 50.0));
-    put(&mut r, "chat_c1_p99_ms", pct_ms(&lat, 99.0));
-    settle().await;
-
-    let mut load_spec = spec(&chat, plan.load_c, plan.load_requests, false);
-    if let Some(d) = plan.load_duration {
-        load_spec.max_requests = 1_000_000_000;
-        load_spec.time_limit = d;
-    }
-    let cpu_before = proxy_pid.map(targets::process_tree_cpu);
-    let cn = load::run(load_spec).await;
-    if let (Some(pid), Some(before)) = (proxy_pid, cpu_before) {
-        let used = targets::process_tree_cpu(pid).saturating_sub(before);
-        let served = cn.ok + cn.non_200();
-        put(
-            &mut r,
-            "chat_load_cpu_us",
-            (served > 0).then(|| used.as_secs_f64() * 1e6 / served as f64),
-        );
-    }
-    progress(name, &format!("chat c={}", plan.load_c), &cn);
-    r.absorb("chat load", &cn, plan.load_duration.is_some());
-    let mut lat = cn.latencies_ns.clone();
-    lat.sort_unstable();
-    put(&mut r, "chat_load_p50_ms", pct_ms(&lat, 50.0));
-    put(&mut r, "chat_load_p99_ms", pct_ms(&lat, 99.0));
-    put(
-        &mut r,
-        "chat_load_max_ms",
-        lat.last().map(|&n| n as f64 / 1e6),
-    );
-    put(&mut r, "chat_load_rps", (cn.ok > 0).then(|| cn.rps()));
-    settle().await;
-
-    let st = load::run(spec(&stream, plan.stream_c, plan.streams, true)).await;
-    progress(name, &format!("stream c={}", plan.stream_c), &st);
-    r.absorb("stream", &st, false);
-    let mut ttft = st.ttft_ns.clone();
-    ttft.sort_unstable();
-    let mut total = st.latencies_ns.clone();
-    total.sort_unstable();
-    put(&mut r, "ttft_p50_ms", pct_ms(&ttft, 50.0));
-    put(&mut r, "ttft_p99_ms", pct_ms(&ttft, 99.0));
-    put(&mut r, "stream_total_p50_ms", pct_ms(&total, 50.0));
-    let mut gaps = st.max_gap_ns.clone();
-    gaps.sort_unstable();
-    put(&mut r, "stream_max_gap_p50_ms", pct_ms(&gaps, 50.0));
-    put(&mut r, "stream_max_gap_p99_ms", pct_ms(&gaps, 99.0));
-    settle().await;
-
-    let c = load::cancel_probe(
-        addr,
-        &cancel,
-        mock,
-        &plan.cancel_model,
-        plan.cancel_tries,
-        plan.cancel_wait,
-        plan.time_limit,
-    )
-    .await;
-    eprintln!(
-        "  [{name}] cancel: {} measured, {} missed, {} errors",
-        c.delays_ms.len(),
-        c.missed,
-        c.errors
-    );
-    r.absorb_cancel(&c);
-    let mut d = c.delays_ms.clone();
-    d.sort_by(f64::total_cmp);
-    put(&mut r, "cancel_p50_ms", pct_f(&d, 50.0));
-    put(&mut r, "cancel_p99_ms", pct_f(&d, 99.0));
-    put(&mut r, "cancel_max_ms", d.last().copied());
-    let mut d = c.at_ms_delays_ms.clone();
-    d.sort_by(f64::total_cmp);
-    put(&mut r, "cancel_at_ms_p50_ms", pct_f(&d, 50.0));
-    put(&mut r, "cancel_at_ms_p99_ms", pct_f(&d, 99.0));
-    settle().await;
-    Ok(r)
-}
-
-fn put(r: &mut TargetResult, key: &'static str, v: Option<f64>) {
-    if let Some(v) = v {
-        r.metrics.insert(key, v);
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Ms,
-    Rps,
-    /// Microseconds of proxy CPU (user + system). Shown for proxies only: the `direct`
-    /// column has none (the mock runs inside the bench), so there is no "added" cell.
-    Us,
-}
-
-struct Row {
-    key: &'static str,
-    label: String,
-    kind: Kind,
-}
-
-fn rows(plan: &Plan) -> Vec<Row> {
-    let lc = plan.load_c;
-    let sc = plan.stream_c;
-    let ms = |key, label: String| Row {
-        key,
-        label,
-        kind: Kind::Ms,
-    };
-    vec![
-        ms("chat_c1_p50_ms", "chat c=1 p50 (ms)".into()),
-        ms("chat_c1_p99_ms", "chat c=1 p99 (ms)".into()),
-        ms("chat_load_p50_ms", format!("chat c={lc} p50 (ms)")),
-        ms("chat_load_p99_ms", format!("chat c={lc} p99 (ms)")),
-        ms("chat_load_max_ms", format!("chat c={lc} max (ms)")),
-        Row {
-            key: "chat_load_rps",
-            label: format!("chat c={lc} requests/s"),
-            kind: Kind::Rps,
-        },
-        Row {
-            key: "chat_load_cpu_us",
-            label: format!("chat c={lc} proxy CPU/request (us)"),
-            kind: Kind::Us,
-        },
-        ms("ttft_p50_ms", format!("stream c={sc} TTFT p50 (ms)")),
-        ms("ttft_p99_ms", format!("stream c={sc} TTFT p99 (ms)")),
-        ms(
-            "stream_total_p50_ms",
-            format!("stream c={sc} full p50 (ms)"),
-        ),
-        ms(
-            "stream_max_gap_p50_ms",
-            format!("stream c={sc} max gap p50 (ms)"),
-        ),
-        ms(
-            "stream_max_gap_p99_ms",
-            format!("stream c={sc} max gap p99 (ms)"),
-        ),
-        ms("cancel_p50_ms", "cancel->upstream close p50 (ms)".into()),
-        ms("cancel_p99_ms", "cancel->upstream close p99 (ms)".into()),
-        ms("cancel_max_ms", "cancel->upstream close max (ms)".into()),
-    ]
-}
-
-fn fmt(v: Option<f64>, kind: Kind) -> String {
-    match (v, kind) {
-        (None, _) => "-".into(),
-        (Some(v), Kind::Rps) => format!("{v:.0}"),
-        (Some(v), Kind::Us) => format!("{v:.1}"),
-        (Some(v), Kind::Ms) if v.abs() >= 100.0 => format!("{v:.1}"),
-        (Some(v), Kind::Ms) => format!("{v:.3}"),
     }
 }
 
@@ -619,8 +395,22 @@ fn resolve_switchboard(flag: Option<&PathBuf>) -> PathBuf {
     default
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let plan = Plan::from_args(&args)?;
+async fn run(args: Args, nofile: Option<u64>, mut notes: Vec<String>) -> Result<(), String> {
+    let mut plan = Plan::from_args(&args)?;
+    if let Some(limit) = nofile {
+        let room = usize::try_from(limit.saturating_sub(1000) / 2).unwrap_or(usize::MAX);
+        for (what, n) in [
+            ("slow streams", &mut plan.slow_streams),
+            ("burst", &mut plan.burst),
+        ] {
+            if *n > room {
+                notes.push(format!(
+                    "{what} capped at {room} (from {n}) by RLIMIT_NOFILE {limit}; run as root or raise `ulimit -Hn`"
+                ));
+                *n = room;
+            }
+        }
+    }
     let mut wanted: Vec<String> = Vec::new();
     for t in &args.targets {
         let t = t.trim().to_ascii_lowercase();
@@ -635,7 +425,6 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let started = Instant::now();
-    let mut notes: Vec<String> = Vec::new();
     if cfg!(debug_assertions) {
         notes
             .push("the bench itself is a debug build; use --release for meaningful numbers".into());
@@ -669,7 +458,7 @@ async fn run(args: Args) -> Result<(), String> {
                 let started = Switchboard::start(&SwitchboardOpts {
                     binary: &sb_path,
                     workers: args.proxy_workers,
-                    extra_env: &[],
+                    extra_env: &[("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "0".into())],
                 });
                 let sb = match started {
                     Ok(sb) => sb,
@@ -679,7 +468,12 @@ async fn run(args: Args) -> Result<(), String> {
                     }
                 };
                 let mut failed = None;
-                for m in [&plan.model, &plan.stream_model, &plan.cancel_model] {
+                for m in [
+                    &plan.model,
+                    &plan.stream_model,
+                    &plan.cancel_model,
+                    &plan.scale_model,
+                ] {
                     if let Err(e) = sb.register(m, &mock_url).await {
                         failed = Some(e);
                         break;
@@ -733,201 +527,18 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
 
-    // ---- report ----
-    let rows = rows(&plan);
-    let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
-    let direct = results.iter().find(|(n, _)| n == "direct").map(|(_, r)| r);
-    let label_w = 34;
-    let col_w = 13;
-    let mut out = String::new();
-    let header = |out: &mut String, title: &str| {
-        out.push_str(&format!("{title:<label_w$}"));
-        for n in &names {
-            out.push_str(&format!("{n:>col_w$}"));
-        }
-        out.push('\n');
-    };
-    out.push_str(&format!(
-        "\nswitchboard bench: {cores} cores, loopback; mock {} threads, proxies {} workers, client {} thread(s)\n",
-        args.mock_workers, args.proxy_workers, args.client_threads
-    ));
-    out.push_str(&format!(
-        "switchboard binary: {} ({})\n",
-        sb_path.display(),
-        match sb_release {
-            Some(true) => "release build",
-            Some(false) => "DEBUG build",
-            None => "build profile unknown",
-        }
-    ));
-    let load_desc = match plan.load_duration {
-        Some(d) => format!("{:.0} s", d.as_secs_f64()),
-        None => format!("{} req", plan.load_requests),
-    };
-    out.push_str(&format!(
-        "runs per target: warm-up {} req; c=1 {} req; c={} {}; {} streams of `{}` at c={}; {} cancels of `{}`\n\n",
-        plan.warmup, plan.c1_requests, plan.load_c, load_desc, plan.streams, plan.stream_model,
-        plan.stream_c, plan.cancel_tries, plan.cancel_model
-    ));
-    header(&mut out, "metric");
-    for row in &rows {
-        out.push_str(&format!("{:<label_w$}", row.label));
-        for (_, r) in &results {
-            out.push_str(&format!(
-                "{:>col_w$}",
-                fmt(r.metrics.get(row.key).copied(), row.kind)
-            ));
-        }
-        out.push('\n');
-    }
-    out.push_str(&format!("{:<label_w$}", "errors/non-200/incomplete"));
-    for (_, r) in &results {
-        let cell = format!(
-            "{}/{}/{}",
-            r.errors,
-            r.statuses.values().sum::<u64>(),
-            r.incomplete
-        );
-        out.push_str(&format!("{cell:>col_w$}"));
-    }
-    out.push('\n');
-    out.push_str(&format!("{:<label_w$}", "cancel missed/failed"));
-    for (_, r) in &results {
-        let cell = format!("{}/{}", r.cancel_missed, r.cancel_errors);
-        out.push_str(&format!("{cell:>col_w$}"));
-    }
-    out.push('\n');
-    let mut added: BTreeMap<String, BTreeMap<&'static str, f64>> = BTreeMap::new();
-    if let Some(d) = direct {
-        out.push('\n');
-        header(&mut out, "added vs direct (target - direct)");
-        for row in &rows {
-            out.push_str(&format!("{:<label_w$}", row.label));
-            for (name, r) in &results {
-                let cell = match (r.metrics.get(row.key), d.metrics.get(row.key)) {
-                    _ if name == "direct" => "-".to_string(),
-                    (Some(v), Some(base)) if row.kind != Kind::Ms => {
-                        let pct = (v / base - 1.0) * 100.0;
-                        added.entry(name.clone()).or_default().insert(row.key, pct);
-                        format!("{pct:+.0}%")
-                    }
-                    (Some(v), Some(base)) => {
-                        added
-                            .entry(name.clone())
-                            .or_default()
-                            .insert(row.key, v - base);
-                        let diff = v - base;
-                        if diff.abs() >= 100.0 {
-                            format!("{diff:+.1}")
-                        } else {
-                            format!("{diff:+.3}")
-                        }
-                    }
-                    _ => "-".to_string(),
-                };
-                out.push_str(&format!("{cell:>col_w$}"));
-            }
-            out.push('\n');
-        }
-    }
-    print!("{out}");
-
-    // Notes: anything that went wrong or looked odd.
-    let mut report_notes = notes;
-    for (t, why) in &skipped {
-        report_notes.push(format!("{t} skipped: {why}"));
-    }
-    for (name, r) in &results {
-        if !r.statuses.is_empty() {
-            report_notes.push(format!("{name}: non-200 statuses {:?}", r.statuses));
-        }
-        if r.server_closes > 0 {
-            report_notes.push(format!(
-                "{name}: {} responses carried Connection: close ({} connections opened in total)",
-                r.server_closes, r.connects
-            ));
-        }
-        if !r.truncated.is_empty() {
-            report_notes.push(format!("{name}: time limit cut short {:?}", r.truncated));
-        }
-        for p in &r.problems {
-            report_notes.push(format!("{name}: {p}"));
-        }
-    }
-    let mut sb_log = None;
-    if let Some(sb) = &switchboard {
-        let (n, samples) = sb.log_summary();
-        if n > 0 {
-            report_notes.push(format!(
-                "switchboard logged {n} warn/error lines (RUST_LOG=warn), e.g.:"
-            ));
-            for s in &samples {
-                report_notes.push(format!("    {s}"));
-            }
-        }
-        sb_log = Some(json!({"lines": n, "samples": samples}));
-    }
-    if !report_notes.is_empty() {
-        println!("\nnotes:");
-        for n in &report_notes {
-            println!("  {n}");
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("\ntotal bench time {elapsed:.1} s");
-
-    let mut per_target = serde_json::Map::new();
-    for (name, r) in &results {
-        let mut m: serde_json::Map<String, Value> = r
-            .metrics
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), json!(v)))
-            .collect();
-        m.insert("errors".into(), json!(r.errors));
-        m.insert(
-            "non_200".into(),
-            json!(r
-                .statuses
-                .iter()
-                .map(|(s, n)| (s.to_string(), *n))
-                .collect::<BTreeMap<_, _>>()),
-        );
-        m.insert("incomplete_streams".into(), json!(r.incomplete));
-        m.insert("cancel_missed".into(), json!(r.cancel_missed));
-        m.insert("cancel_failed".into(), json!(r.cancel_errors));
-        m.insert("connections_opened".into(), json!(r.connects));
-        per_target.insert(name.clone(), Value::Object(m));
-    }
-    let report = json!({
-        "cores": cores,
-        "switchboard_binary": sb_path.display().to_string(),
-        "switchboard_release": sb_release,
-        "bench_release": !cfg!(debug_assertions),
-        "quick": args.quick,
-        "params": {
-            "warmup": plan.warmup,
-            "c1_requests": plan.c1_requests,
-            "load_concurrency": plan.load_c,
-            "load_requests": plan.load_requests,
-            "load_duration_s": plan.load_duration.map(|d| d.as_secs_f64()),
-            "streams": plan.streams,
-            "stream_concurrency": plan.stream_c,
-            "cancel_tries": plan.cancel_tries,
-            "model": plan.model,
-            "stream_model": plan.stream_model,
-            "cancel_model": plan.cancel_model,
-            "proxy_workers": args.proxy_workers,
-            "mock_workers": args.mock_workers,
-            "client_threads": args.client_threads,
-        },
-        "targets": per_target,
-        "added_vs_direct": added,
-        "skipped": skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
-        "switchboard_log": sb_log,
-        "notes": report_notes,
-        "elapsed_s": elapsed,
+    report::print(&report::Run {
+        args: &args,
+        plan: &plan,
+        results: &results,
+        skipped: &skipped,
+        notes,
+        switchboard: switchboard.as_ref(),
+        sb_path: &sb_path,
+        sb_release,
+        cores,
+        started,
     });
-    println!("BENCH_JSON {report}");
 
     // Stop the proxies before the mock (explicit for clarity; guards do it anyway).
     drop(nginx);

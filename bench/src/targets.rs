@@ -294,7 +294,7 @@ pub fn find_nginx() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -331,8 +331,8 @@ daemon off;
 master_process on;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body;
@@ -442,4 +442,112 @@ pub fn process_tree_cpu(pid: u32) -> Duration {
         }
     }
     Duration::from_millis(ticks * 1000 / USER_HZ)
+}
+
+/// Pids of `pid` and its direct children (nginx's master and workers), for RSS sums.
+pub fn process_tree_pids(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((ppid, _)) = read_stat(&format!("/proc/{p}/stat")) {
+                if ppid == pid {
+                    pids.push(p);
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// `VmRSS` of a process from `/proc/<pid>/status`, KiB.
+pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Raises the fd soft limit to the hard one (and, as root, the hard limit too when it is
+/// below `needed`) by re-executing through `sh -c 'ulimit -n'` (the bench has no libc
+/// binding); returns the limit in effect, and a note when it stays below `needed`.
+/// Children (the broker, nginx) inherit it.
+pub fn ensure_nofile(needed: u64) -> (Option<u64>, Option<String>) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let parse = |v: Option<&str>| -> Option<u64> {
+        match v? {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        }
+    };
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| {
+            let mut parts = l["Max open files".len()..].split_whitespace();
+            (parse(parts.next()), parse(parts.next()))
+        })
+        .unwrap_or((None, None));
+    let (Some(soft), Some(hard)) = (soft, hard) else {
+        return (
+            None,
+            Some("cannot read RLIMIT_NOFILE from /proc/self/limits".into()),
+        );
+    };
+    let raise_hard = hard < needed && is_root();
+    if soft >= needed || (soft >= hard && !raise_hard) {
+        let short = (soft < needed)
+            .then(|| format!("fd limit {soft} (hard {hard}) is below the {needed} this run wants"));
+        return (Some(soft), short);
+    }
+    if std::env::var_os("BENCH_NOFILE_REEXEC").is_some() {
+        return (
+            Some(soft),
+            Some(format!(
+                "could not raise the fd limit above {soft} (hard {hard}); this run wants {needed}"
+            )),
+        );
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return (Some(soft), None);
+    };
+    let (flag, target) = if raise_hard {
+        ("", needed.max(65536).to_string())
+    } else if hard == u64::MAX {
+        ("-S ", needed.max(65536).to_string())
+    } else {
+        ("-S ", hard.to_string())
+    };
+    let hard_s = if hard == u64::MAX {
+        "unlimited".to_string()
+    } else {
+        hard.to_string()
+    };
+    eprintln!("raising the fd limit {soft} -> {target} (re-exec through sh)");
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("sh")
+        .arg("-c")
+        // Raising the hard limit needs CAP_SYS_RESOURCE (not every root has it, e.g. in a
+        // container): fall back to the soft limit up to the hard one, and run either way.
+        .arg(format!(
+            "ulimit {flag}-n {target} 2>/dev/null || ulimit -S -n {hard_s} 2>/dev/null; exec \"$0\" \"$@\""
+        ))
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env("BENCH_NOFILE_REEXEC", "1")
+        .exec();
+    (
+        Some(soft),
+        Some(format!("re-exec to raise the fd limit failed: {err}")),
+    )
 }
