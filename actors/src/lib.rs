@@ -20,9 +20,11 @@
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
 //! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
+//! - [`endpoint`]: the OpenAI routes and the one rule that turns `endpoint_url` into their URLs.
 
 pub mod backend;
 pub mod buffer;
+pub mod endpoint;
 pub mod events;
 pub mod history;
 pub mod metrics;

@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::backend::{apply_check, Activate, Backend, CheckKind, CheckNow, HealthPolicy, Retire};
-use crate::record::{now_ms, HealthStatus, ServerRecord, ServerView};
+use crate::record::{now_ms, HealthCheckMode, HealthStatus, ServerRecord, ServerView};
 use crate::registry::Registry;
 use crate::routing::{BackendHandle, RoutingTable};
 use crate::upstream;
@@ -49,6 +49,9 @@ pub struct Registration {
     pub owner: Option<String>,
     pub description: Option<String>,
     pub verify: bool,
+    /// The model id sent upstream in place of `model_name` (validated by the caller).
+    pub upstream_model: Option<String>,
+    pub health_check: HealthCheckMode,
 }
 
 /// A partial update: `None` leaves a field alone; `Some(None)` clears an optional field.
@@ -60,6 +63,8 @@ pub struct Patch {
     pub owner: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub verify: bool,
+    pub upstream_model: Option<Option<String>>,
+    pub health_check: Option<HealthCheckMode>,
 }
 
 /// Filters of `GET /admin/servers`.
@@ -143,12 +148,18 @@ impl HealthSupervisor {
 
     fn spawn_backend(&mut self, record: ServerRecord, demo: bool) -> Uuid {
         let id = record.registration_id;
-        let handle = Arc::new(BackendHandle::new(
-            id,
-            record.model_name.clone(),
-            &record.endpoint_url,
-            record.api_key.clone(),
-        ));
+        let handle = Arc::new(
+            BackendHandle::new(
+                id,
+                record.model_name.clone(),
+                &record.endpoint_url,
+                record.api_key.clone(),
+            )
+            .with_cloud_options(
+                record.upstream_model.as_deref(),
+                record.health_check == HealthCheckMode::Passive,
+            ),
+        );
         let shared = Arc::new(RwLock::new(record));
         let registry = (!demo).then(|| self.registry.clone());
         let addr = Backend::new(
@@ -216,6 +227,11 @@ impl Handler<Register> for HealthSupervisor {
                 ServerRecord::new(reg.model_name.clone(), url.normalized, reg.api_key.clone());
             record.owner = reg.owner.clone();
             record.description = reg.description.clone();
+            record.upstream_model = reg.upstream_model.clone();
+            record.health_check = reg.health_check;
+            if reg.health_check == HealthCheckMode::Passive {
+                return Ok(record); // never probed, not even now (SPEC §3.1)
+            }
             let probe_handle = BackendHandle::new(
                 record.registration_id,
                 record.model_name.clone(),
@@ -313,8 +329,16 @@ impl Handler<Update> for HealthSupervisor {
             if let Some(k) = &patch.api_key {
                 candidate.api_key = k.clone();
             }
-            let reconnect = candidate.endpoint_url != current.endpoint_url
-                || candidate.api_key != current.api_key;
+            if let Some(m) = &patch.upstream_model {
+                candidate.upstream_model = m.clone();
+            }
+            if let Some(mode) = patch.health_check {
+                candidate.health_check = mode;
+            }
+            let reconnect = (candidate.endpoint_url != current.endpoint_url
+                || candidate.api_key != current.api_key
+                || candidate.health_check != current.health_check)
+                && candidate.health_check == HealthCheckMode::Models;
             let probe = if reconnect {
                 let h = BackendHandle::new(
                     id,
@@ -373,6 +397,8 @@ impl Handler<Update> for HealthSupervisor {
                     record.model_name = candidate.model_name;
                     record.endpoint_url = candidate.endpoint_url;
                     record.api_key = candidate.api_key;
+                    record.upstream_model = candidate.upstream_model;
+                    record.health_check = candidate.health_check;
                     if let Some(owner) = patch.owner {
                         record.owner = owner;
                     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use actix_tls::connect::{Resolve, Resolver};
 use futures_util::future::LocalBoxFuture;
 
+use crate::endpoint::Endpoint;
 use crate::routing::BackendHandle;
 use crate::url_policy;
 
@@ -109,7 +110,7 @@ pub struct ProbeOk {
     pub latency: Duration,
 }
 
-/// `GET {base}/v1/models` with the backend's key: HTTP 200 with a JSON body is healthy.
+/// `GET {base}/models` with the backend's key: HTTP 200 with a JSON body is healthy.
 /// The error string is what the admin sees as `last_error`.
 pub async fn probe(
     client: &awc::Client,
@@ -117,8 +118,10 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<ProbeOk, String> {
     let started = Instant::now();
+    let uri = backend.uri(Endpoint::Models)?;
+    let path = uri.path().to_string();
     let mut req = client
-        .get(backend.uri("/v1/models")?)
+        .get(uri)
         .timeout(timeout)
         .insert_header(("Accept", "application/json"));
     if let Some(auth) = &backend.auth_header {
@@ -136,10 +139,10 @@ pub async fn probe(
             .await
             .map_err(|e| format!("reading body failed: {e}"))?;
         if status != awc::http::StatusCode::OK {
-            return Err(format!("GET /v1/models answered HTTP {}", status.as_u16()));
+            return Err(format!("GET {path} answered HTTP {}", status.as_u16()));
         }
         serde_json::from_slice::<serde_json::Value>(&body)
-            .map_err(|_| "GET /v1/models did not answer JSON".to_string())?;
+            .map_err(|_| format!("GET {path} did not answer JSON"))?;
         Ok(ProbeOk {
             latency: started.elapsed(),
         })

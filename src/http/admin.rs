@@ -5,7 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
-use switchboard_actors::record::ServerView;
+use switchboard_actors::record::{HealthCheckMode, ServerView};
 use switchboard_actors::supervisor::{
     ActivateServer, AdminError, Delete, Filter, ForceCheck, Get, HealthSupervisor, List, Patch,
     Register, Registration, Stats, Update,
@@ -45,6 +45,8 @@ struct RegisterBody {
     owner: Option<String>,
     description: Option<String>,
     verify: Option<bool>,
+    upstream_model: Option<String>,
+    health_check: Option<String>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -70,6 +72,10 @@ struct UpdateBody {
     #[serde(default, deserialize_with = "present")]
     description: Option<Option<String>>,
     verify: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    upstream_model: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    health_check: Option<Option<String>>,
 }
 
 /// A field that may be left out of an update but not cleared: `null` is refused.
@@ -130,6 +136,38 @@ fn check_text(field: &str, value: Option<String>, max: usize) -> Result<Option<S
     }
 }
 
+/// `upstream_model`: what a backend calls the model; it goes into request bodies and logs,
+/// so the same bounds as a model name apply.
+pub fn check_upstream_model(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Err(ApiError::invalid_param(
+            "upstream_model",
+            "upstream_model must not be empty; leave it out to send model_name",
+        )),
+        Some(v) if v.len() > MAX_MODEL_NAME || v.chars().any(char::is_control) => {
+            Err(ApiError::invalid_param(
+                "upstream_model",
+                format!("upstream_model must be at most {MAX_MODEL_NAME} printable characters"),
+            ))
+        }
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// `health_check`: `models` (default) or `passive`.
+pub fn check_health_mode(value: Option<&str>) -> Result<HealthCheckMode, ApiError> {
+    match value {
+        None => Ok(HealthCheckMode::Models),
+        Some(v) => HealthCheckMode::parse(v).ok_or_else(|| {
+            ApiError::invalid_param(
+                "health_check",
+                format!("health_check must be \"models\" or \"passive\", not {v:?}"),
+            )
+        }),
+    }
+}
+
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
         .map_err(|_| ApiError::not_found(format!("no server with registration_id {raw}")))
@@ -154,6 +192,8 @@ async fn register(
         owner: check_text("owner", b.owner, MAX_TEXT_FIELD)?,
         description: check_text("description", b.description, MAX_TEXT_FIELD)?,
         verify: b.verify.unwrap_or(true),
+        upstream_model: check_upstream_model(b.upstream_model)?,
+        health_check: check_health_mode(b.health_check.as_deref())?,
     };
     let view = state
         .supervisor
@@ -192,6 +232,10 @@ async fn update(
             .map(|d| check_text("description", d, MAX_TEXT_FIELD))
             .transpose()?,
         verify: b.verify.unwrap_or(true),
+        upstream_model: b.upstream_model.map(check_upstream_model).transpose()?,
+        health_check: required("health_check", b.health_check)?
+            .map(|m| check_health_mode(Some(&m)))
+            .transpose()?,
     };
     let view = state
         .supervisor
