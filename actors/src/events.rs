@@ -131,6 +131,9 @@ pub enum EventBody {
     },
     Heartbeat {},
     Pong {},
+    /// The history was cleared (by any connection): every tab empties its view. Numbered and
+    /// buffered like turn events, so a reconnecting tab learns it too.
+    Cleared {},
 }
 
 impl EventBody {
@@ -151,6 +154,7 @@ impl EventBody {
             Self::Resync { .. } => "resync",
             Self::Heartbeat {} => "heartbeat",
             Self::Pong {} => "pong",
+            Self::Cleared {} => "cleared",
         }
     }
 

@@ -568,6 +568,7 @@ impl Handler<Command> for Session {
                 self.cancel(None, StopReason::Cancelled);
                 self.history.clear();
                 self.last_turn = None;
+                self.emit(EventBody::Cleared {});
                 log::info!("session_id={} cleared", self.id);
                 Ok(())
             }

@@ -14,4 +14,5 @@ mod push;
 mod resume;
 mod sessions;
 mod startup;
+mod threads;
 mod wsclient;
