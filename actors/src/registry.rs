@@ -83,6 +83,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Stores several records in one sled batch (all or none) and waits until they are on
+    /// disk: an import is one acknowledged write.
+    pub fn put_all_durable(&self, records: &[ServerRecord]) -> Result<(), RegistryError> {
+        let mut batch = sled::Batch::default();
+        for record in records {
+            batch.insert(
+                record.registration_id.as_bytes().as_slice(),
+                serde_json::to_vec(record)?,
+            );
+        }
+        self.servers.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Removes a record and waits until the removal is on disk.
     pub fn remove_durable(&self, id: Uuid) -> Result<bool, RegistryError> {
         let existed = self.servers.remove(id.as_bytes())?.is_some();

@@ -17,6 +17,9 @@ use crate::routing::{BackendHandle, RoutingTable};
 use crate::upstream;
 use crate::url_policy;
 
+mod backup;
+pub use backup::{Export, ExportEntry, Import, ImportEntry, ImportSummary};
+
 /// Why an admin operation was refused. Mapped to HTTP status codes by the binary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
@@ -38,6 +41,9 @@ pub enum AdminError {
     /// 409: demo backends are built in and cannot be edited.
     #[error("demo backends are built in and cannot be changed")]
     Demo,
+    /// 400 naming the offending field (`servers[2].endpoint_url` in an import).
+    #[error("{param}: {message}")]
+    InvalidField { param: String, message: String },
 }
 
 /// A validated registration request.
