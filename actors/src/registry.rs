@@ -120,6 +120,11 @@ impl Registry {
         Ok(())
     }
 
+    /// The database, for other stores that live beside the registry (stored sessions).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Flushes everything (shutdown).
     pub fn flush(&self) -> Result<(), RegistryError> {
         self.db.flush()?;
