@@ -206,3 +206,44 @@ async fn passive_health_never_probes_and_request_failures_mark_it() {
     assert_eq!(r["health_status"], "unhealthy", "{r}");
     assert_eq!(r["is_active"], true, "passive failures never deactivate");
 }
+
+#[actix_rt::test]
+async fn a_passive_backend_out_after_a_failure_is_restored_by_a_success_after_the_delay() {
+    let m = mock();
+    let broker = Broker::start(&[]);
+    // The mock's `flaky` scenario fails every third request.
+    let rec = register_with(
+        &broker,
+        json!({"model_name": "p", "endpoint_url": m.url(), "health_check": "passive",
+               "upstream_model": "flaky"}),
+    )
+    .await;
+    let id = rec["registration_id"].as_str().unwrap_or("").to_string();
+    let send = || broker.call("POST", "/v1/chat/completions", &[], Some(chat("p", false)));
+    for _ in 0..2 {
+        assert_eq!(send().await.0, StatusCode::OK);
+    }
+    let (status, _) = send().await;
+    assert!(status.is_server_error(), "{status}");
+    let (status, body) = send().await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "out of the rotation: {body}"
+    );
+    assert_eq!(broker.server(&id).await["health_status"], "unhealthy");
+    actix_rt::time::sleep(Duration::from_millis(2300)).await;
+    let (status, body) = send().await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "back after the re-check delay: {body}"
+    );
+    let healthy = wait_for(Duration::from_secs(2), || async {
+        broker.server(&id).await["health_status"] == "healthy"
+    })
+    .await;
+    assert!(healthy.is_some(), "{}", broker.server(&id).await);
+    assert_eq!(hits(&m, "/v1/models"), 0, "never probed");
+    assert_eq!(hits(&m, "/v1/chat/completions"), 4);
+}
