@@ -145,8 +145,8 @@ pub struct Session {
     restored: bool,
     /// The first id issued after a restore; clients behind it are resynced.
     first_live_id: Option<u64>,
-    /// Why `End` stopped the session; `Shutdown` keeps its stored copy, anything else (and a
-    /// TTL expiry, which has none) deletes it.
+    /// Why the session stopped (`End`, or `SessionExpired` from the TTL tick); `Shutdown` or
+    /// none keeps its stored copy, anything else deletes it.
     end_reason: Option<StopReason>,
 }
 
@@ -420,6 +420,7 @@ impl Actor for Session {
                     act.id,
                     idle.as_secs()
                 );
+                act.end_reason = Some(StopReason::SessionExpired);
                 ctx.stop();
             }
         });
@@ -442,10 +443,11 @@ impl Actor for Session {
         }
         self.connections.clear();
         self.registry.remove(&self.id);
-        if self.end_reason == Some(StopReason::Shutdown) {
-            self.persist(); // a redeploy resumes it
-        } else {
-            self.forget(); // expired, evicted or ended: gone from disk too
+        match self.end_reason {
+            // Shutdown, or stopped with its arbiter: a redeploy resumes it.
+            Some(StopReason::Shutdown) | None => self.persist(),
+            // Expired, evicted or ended: gone from disk too.
+            Some(_) => self.forget(),
         }
         Running::Stop
     }

@@ -221,3 +221,33 @@ async fn a_stored_session_past_its_ttl_is_deleted_and_its_resume_gets_4001() {
         "swept at start"
     );
 }
+
+#[actix_rt::test]
+async fn a_session_survives_a_graceful_restart_too() {
+    let model = "graceful-d1";
+    let m = mock();
+    let mut broker = Broker::start(&[]);
+    broker.register(model, &m.url()).await;
+    let (mut ws, sid) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("g1", "before the redeploy", &[model]))
+        .await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    broker.terminate();
+    assert_eq!(ws.close_code(Duration::from_secs(10)).await, Some(1001));
+    assert_eq!(broker.wait_exit(Duration::from_secs(30)), Some(0));
+    broker.restart();
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.send(json!({"type": "hello", "session_id": sid, "last_event_id": view.last_id}))
+        .await;
+    let s = ws.event().await;
+    assert_eq!(s["resumed"], true, "{s}");
+    assert_eq!(s["last_event_id"].as_u64(), Some(view.last_id), "{s}");
+    let resync = ws.event().await;
+    assert_eq!(resync["snapshot"][model]["state"], "done", "{resync}");
+    ws.send(send_msg("g2", "after", &[model])).await;
+    let mut next = View::default();
+    read_to_complete(&mut ws, &mut next, Duration::from_secs(10)).await;
+    let sent = m.stats().last_requests.last().cloned().unwrap_or_default();
+    assert_eq!(sent["messages"].as_array().map(Vec::len), Some(3), "{sent}");
+}

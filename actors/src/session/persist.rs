@@ -115,7 +115,8 @@ impl Session {
             id: self.id.clone(),
             created_at: self.created_at,
             last_event_id: self.last_event_id(),
-            last_active_ms: now_ms(),
+            last_active_ms: now_ms()
+                .saturating_sub(u64::try_from(self.last_active.elapsed().as_millis()).unwrap_or(0)),
             history: self.history.clone(),
             turn: turn.map(Turn::stored),
         }
