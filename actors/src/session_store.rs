@@ -29,32 +29,43 @@ const ACTIVITY_TREE: &str = "session_activity";
 /// One model's part of a stored turn.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoredRun {
+    /// The text streamed (empty for a turn stored at its start).
     pub content: String,
     /// `streaming|done|error|cancelled|interrupted`.
     pub state: String,
+    /// Backend, timings, usage, tool calls: what the resync snapshot shows.
     pub metrics: ModelMetrics,
 }
 
 /// The session's last turn (finished, or in flight when it was written).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoredTurn {
+    /// The client's id of the turn (the resync's `request_id`).
     pub request_id: String,
+    /// What was asked.
     pub prompt: String,
+    /// The models of the turn, in the client's order.
     pub models: Vec<String>,
+    /// Unix ms when it started.
     pub started_ms: u64,
+    /// Each model's part.
     pub runs: BTreeMap<String, StoredRun>,
 }
 
 /// Everything a session needs to resume after a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoredSession {
+    /// The session id clients resume with.
     pub id: String,
+    /// Unix ms of creation (kept across restarts).
     pub created_at: u64,
     /// The last event id issued when this was written; new ids continue after it.
     pub last_event_id: u64,
     /// Unix ms of the last activity (TTL is measured from here).
     pub last_active_ms: u64,
+    /// Per-model history: what the next turn sends upstream.
     pub history: History,
+    /// The last turn, for the resync after a restart.
     pub turn: Option<StoredTurn>,
 }
 

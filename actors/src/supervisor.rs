@@ -43,7 +43,12 @@ pub enum AdminError {
     Demo,
     /// 400 naming the offending field (`servers[2].endpoint_url` in an import).
     #[error("{param}: {message}")]
-    InvalidField { param: String, message: String },
+    InvalidField {
+        /// The field's path, for the error's `param`.
+        param: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// A validated registration request.
@@ -57,6 +62,7 @@ pub struct Registration {
     pub verify: bool,
     /// The model id sent upstream in place of `model_name` (validated by the caller).
     pub upstream_model: Option<String>,
+    /// `passive` skips the registration probe and every scheduled one.
     pub health_check: HealthCheckMode,
 }
 
@@ -69,7 +75,9 @@ pub struct Patch {
     pub owner: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub verify: bool,
+    /// `Some(None)` stops rewriting the model.
     pub upstream_model: Option<Option<String>>,
+    /// A new health-check mode.
     pub health_check: Option<HealthCheckMode>,
 }
 

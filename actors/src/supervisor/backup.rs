@@ -12,14 +12,22 @@ use crate::url_policy;
 /// One registration as the export document carries it (the import document's entries too).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExportEntry {
+    /// The public model name.
     pub model_name: String,
+    /// The OpenAI base URL as registered (normalised by the URL policy on import).
     pub endpoint_url: String,
+    /// Who registered it (free text).
     pub owner: Option<String>,
+    /// What it is (free text).
     pub description: Option<String>,
     /// Routing's slot limit; `None` (unlimited) until the record has the field.
     pub max_concurrency: Option<u32>,
+    /// The model id sent upstream in place of `model_name`.
     pub upstream_model: Option<String>,
+    /// `models` or `passive`.
     pub health_check: HealthCheckMode,
+    /// `false` for a deactivated server (imported deactivated: probed slowly, a success
+    /// reactivates it).
     pub is_active: bool,
     /// Only with `include_keys`; absent otherwise (a backup without secrets).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,7 +56,9 @@ pub type ImportEntry = ExportEntry;
 /// What an import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ImportSummary {
+    /// Entries registered.
     pub created: usize,
+    /// Entries whose model and URL were registered already.
     pub skipped: usize,
 }
 
@@ -56,6 +66,7 @@ pub struct ImportSummary {
 #[derive(Message)]
 #[rtype(result = "Vec<ExportEntry>")]
 pub struct Export {
+    /// Put the backends' API keys in the document (`?include_keys=true`).
     pub include_keys: bool,
 }
 
