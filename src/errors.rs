@@ -302,6 +302,7 @@ impl From<AdminError> for ApiError {
                 message,
             ),
             AdminError::Storage(_) => ApiError::internal(message),
+            AdminError::InvalidField { param, .. } => ApiError::invalid_param(&param, message),
         }
     }
 }

@@ -123,6 +123,11 @@ async fn run(config: Config) -> Result<(), String> {
         config.max_sessions,
         config.max_connections_per_ip,
     );
+    // Threads survive a restart (SPEC §4.4): stored beside the registry, swept at start.
+    sessions.set_store(
+        switchboard_actors::session_store::SessionStore::open(&registry)
+            .map_err(|e| format!("cannot open the session store: {e}"))?,
+    );
     let supervisor = HealthSupervisor::new(
         registry,
         Arc::clone(&table),

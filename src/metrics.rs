@@ -7,12 +7,17 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use switchboard_actors::endpoint::Endpoint;
 use switchboard_actors::metrics::{label, Histogram, LATENCY_BUCKETS_US};
 use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::sessions::Sessions;
 
 /// Routes whose latency is tracked separately (others are "other").
-const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+const ROUTES: &[&str] = &[
+    Endpoint::Chat.path(),
+    Endpoint::Completions.path(),
+    Endpoint::Embeddings.path(),
+];
 
 /// `switchboard_requests_total` by `(route, status)`, then model, then backend. Nested so the
 /// hot path looks up borrowed `&str`s and allocates only the first time a label set is seen.

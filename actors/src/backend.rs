@@ -192,6 +192,9 @@ impl Backend {
     }
 
     fn schedule_regular(&mut self, ctx: &mut Context<Self>) {
+        if self.handle.passive_health {
+            return; // never probed: only requests tell its health
+        }
         let mut every = self.policy.interval;
         if !self.record.read().is_active {
             every *= self.policy.slow_probe_factor.max(1);
@@ -265,6 +268,9 @@ impl Actor for Backend {
         }
         let sink: Arc<dyn FailureSink> = Arc::new(ActorSink(ctx.address().downgrade()));
         self.handle.set_failure_sink(sink);
+        if self.handle.passive_health {
+            return;
+        }
         let first = FIRST_CHECK_WINDOW.min(self.policy.interval);
         self.schedule(
             ctx,
@@ -283,6 +289,12 @@ impl FailureSink for ActorSink {
             addr.do_send(PassiveFailure { reason });
         }
     }
+
+    fn recovered(&self) {
+        if let Some(addr) = self.0.upgrade() {
+            addr.do_send(PassiveRecovered);
+        }
+    }
 }
 
 /// A request to this backend failed before its response was committed, or mid-stream.
@@ -297,9 +309,35 @@ impl Handler<PassiveFailure> for Backend {
 
     fn handle(&mut self, msg: PassiveFailure, ctx: &mut Self::Context) {
         self.apply(&Err(msg.reason), CheckKind::Passive);
-        if !self.checking {
+        if self.handle.passive_health {
+            // No probe: after the re-check delay the backend is routable again, and the
+            // next request that succeeds marks it healthy (one that fails starts over).
+            if let Some(h) = self.next_check.take() {
+                ctx.cancel_future(h);
+            }
+            self.next_check = Some(ctx.run_later(PASSIVE_RECHECK, |act, _| {
+                act.next_check = None;
+                act.handle.await_success();
+            }));
+        } else if !self.checking {
             self.schedule(ctx, jitter(PASSIVE_RECHECK, 0.25));
         }
+    }
+}
+
+/// A passive-health backend served a request after its re-check delay.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PassiveRecovered;
+
+impl Handler<PassiveRecovered> for Backend {
+    type Result = ();
+
+    fn handle(&mut self, _: PassiveRecovered, _: &mut Self::Context) {
+        let ok = Ok(upstream::ProbeOk {
+            latency: Duration::ZERO,
+        });
+        self.apply(&ok, CheckKind::Passive);
     }
 }
 
@@ -351,7 +389,9 @@ impl Handler<Activate> for Backend {
         }
         self.publish();
         self.persist(true);
-        self.schedule(ctx, Duration::ZERO);
+        if !self.handle.passive_health {
+            self.schedule(ctx, Duration::ZERO);
+        }
         MessageResult(self.record.read().clone())
     }
 }

@@ -35,7 +35,7 @@ pub struct ModelSnapshot {
 }
 
 /// Numbers the compare view shows for a model.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModelMetrics {
     pub backend: Option<String>,
     pub ttft_ms: Option<u64>,
@@ -47,7 +47,7 @@ pub struct ModelMetrics {
 }
 
 /// A finished or running tool call, for snapshots.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ToolCallSummary {
     pub tool_call_id: String,
     pub name: String,
@@ -133,6 +133,9 @@ pub enum EventBody {
     },
     Heartbeat {},
     Pong {},
+    /// The history was cleared (by any connection): every tab empties its view. Numbered and
+    /// buffered like turn events, so a reconnecting tab learns it too.
+    Cleared {},
 }
 
 impl EventBody {
@@ -153,6 +156,7 @@ impl EventBody {
             Self::Resync { .. } => "resync",
             Self::Heartbeat {} => "heartbeat",
             Self::Pong {} => "pong",
+            Self::Cleared {} => "cleared",
         }
     }
 

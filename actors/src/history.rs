@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Turns kept per model (SPEC §4.2).
 pub const MAX_TURNS: usize = 10;
@@ -18,7 +18,7 @@ pub struct Message {
 }
 
 /// A user prompt and the model's answer to it (possibly partial, after a cancel).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Turn {
     user: String,
     assistant: String,
@@ -30,8 +30,9 @@ pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4)
 }
 
-/// Histories of every model of a session.
-#[derive(Debug, Default)]
+/// Histories of every model of a session. Serialisable: a session's history is what its
+/// stored copy carries across a restart (`session_store`).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct History {
     per_model: HashMap<String, VecDeque<Turn>>,
 }

@@ -23,9 +23,12 @@
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
 //! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
+//! - [`session_store`]: sessions' stored copies in sled, so threads survive a restart.
+//! - [`endpoint`]: the OpenAI routes and the one rule that turns `endpoint_url` into their URLs.
 
 pub mod backend;
 pub mod buffer;
+pub mod endpoint;
 pub mod events;
 pub mod history;
 pub mod json;
@@ -39,6 +42,7 @@ pub mod registry;
 pub mod router;
 pub mod routing;
 pub mod session;
+pub mod session_store;
 pub mod sessions;
 pub mod silence;
 pub mod sse;

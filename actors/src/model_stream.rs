@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use crate::endpoint::Endpoint;
 use crate::events::{EventBody, Usage};
 use crate::history::{estimate_tokens, Message};
 use crate::openai_stream::{ChunkInterpreter, Output};
@@ -195,7 +196,7 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
         let guard = routed.guard;
         let backend = Arc::clone(guard.backend());
         tried.push(backend.id);
-        let uri = match backend.uri("/v1/chat/completions") {
+        let uri = match backend.uri(Endpoint::Chat) {
             Ok(uri) => uri,
             Err(e) => {
                 last_error = e;
@@ -211,7 +212,11 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
         if let Some(auth) = &backend.auth_header {
             req = req.insert_header(("authorization", auth.as_str()));
         }
-        let resp = match req.send_body(body.clone()).await {
+        let body = match &backend.upstream_model {
+            Some(id) => Bytes::from(request_body_for(&spec, id).to_string()),
+            None => body.clone(),
+        };
+        let resp = match req.send_body(body).await {
             Ok(r) => r,
             Err(e) => {
                 last_error = format!("request failed: {e}");
@@ -233,6 +238,7 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
             );
             return StopReason::UpstreamError;
         }
+        backend.report_success();
         out.send(EventBody::Start {
             request_id: spec.request_id.clone(),
             model: spec.model.clone(),
@@ -298,6 +304,11 @@ fn prompt_sig(messages: &[Message]) -> PromptSig {
 
 /// The upstream request: the model's messages, the turn's parameters, streaming with usage.
 fn request_body(spec: &StreamSpec) -> Value {
+    request_body_for(spec, &spec.model)
+}
+
+/// [`request_body`] naming `model` upstream (a backend's `upstream_model`).
+fn request_body_for(spec: &StreamSpec, model: &str) -> Value {
     let mut body = Map::new();
     for (k, v) in &spec.params {
         if !matches!(
@@ -307,7 +318,7 @@ fn request_body(spec: &StreamSpec) -> Value {
             body.insert(k.clone(), v.clone());
         }
     }
-    body.insert("model".into(), json!(spec.model));
+    body.insert("model".into(), json!(model));
     body.insert("messages".into(), json!(spec.messages));
     body.insert("stream".into(), json!(true));
     body.insert("stream_options".into(), json!({"include_usage": true}));

@@ -92,6 +92,43 @@ pub struct ServerRecord {
     /// before the field existed read as unlimited.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// The model id sent to this backend in place of `model_name` (SPEC §3.1).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// How this backend's health is watched (SPEC §3.1, §3.3).
+    #[serde(default)]
+    pub health_check: HealthCheckMode,
+}
+
+/// `health_check` of a registration: the active `GET {base}/models` probe, or passive only
+/// (for providers whose models route is costly or needs other credentials).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckMode {
+    /// Probed every interval (the default).
+    #[default]
+    Models,
+    /// Never probed; request failures mark it, a later success restores it.
+    Passive,
+}
+
+impl HealthCheckMode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Models => "models",
+            Self::Passive => "passive",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "models" => Some(Self::Models),
+            "passive" => Some(Self::Passive),
+            _ => None,
+        }
+    }
 }
 
 impl ServerRecord {
@@ -115,6 +152,8 @@ impl ServerRecord {
             updated_at: now,
             health_history: VecDeque::new(),
             max_concurrency: None,
+            upstream_model: None,
+            health_check: HealthCheckMode::Models,
         }
     }
 
@@ -164,6 +203,10 @@ pub struct ServerView {
     pub health_history: Option<Vec<HealthCheck>>,
     /// `null` when unlimited.
     pub max_concurrency: Option<u32>,
+    /// The model id sent upstream in place of `model_name`, if any.
+    pub upstream_model: Option<String>,
+    /// `models` or `passive`.
+    pub health_check: HealthCheckMode,
 }
 
 impl ServerView {
@@ -195,6 +238,8 @@ impl ServerView {
             demo,
             health_history: with_history.then(|| record.health_history.iter().cloned().collect()),
             max_concurrency: record.max_concurrency,
+            upstream_model: record.upstream_model.clone(),
+            health_check: record.health_check,
         }
     }
 }

@@ -12,6 +12,10 @@ use uuid::Uuid;
 use crate::record::ServerRecord;
 
 const SERVERS_TREE: &str = "servers";
+/// sled's page cache bound. Its default (1 GiB) would let stored sessions (SPEC §4.4) grow the
+/// broker's memory far past its idle target; records and session copies are read rarely
+/// (startup, resume), so a small cache costs nothing on the hot path.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const META_TREE: &str = "meta";
 const ADMIN_KEY: &[u8] = b"admin_key";
 
@@ -41,7 +45,10 @@ pub struct Registry {
 impl Registry {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()?;
         let servers = db.open_tree(SERVERS_TREE)?;
         let meta = db.open_tree(META_TREE)?;
         Ok(Self { db, servers, meta })
@@ -83,6 +90,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Stores several records in one sled batch (all or none) and waits until they are on
+    /// disk: an import is one acknowledged write.
+    pub fn put_all_durable(&self, records: &[ServerRecord]) -> Result<(), RegistryError> {
+        let mut batch = sled::Batch::default();
+        for record in records {
+            batch.insert(
+                record.registration_id.as_bytes().as_slice(),
+                serde_json::to_vec(record)?,
+            );
+        }
+        self.servers.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Removes a record and waits until the removal is on disk.
     pub fn remove_durable(&self, id: Uuid) -> Result<bool, RegistryError> {
         let existed = self.servers.remove(id.as_bytes())?.is_some();
@@ -103,6 +125,11 @@ impl Registry {
         self.meta.insert(ADMIN_KEY, key.as_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The database, for other stores that live beside the registry (stored sessions).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Flushes everything (shutdown).

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
+use crate::endpoint::{self, Endpoint};
 use crate::prefix::PrefixIndex;
 use crate::router::{AffinityMap, ModelQueue, RouterSettings, RoutingMetrics};
 
@@ -19,6 +20,8 @@ use crate::router::{AffinityMap, ModelQueue, RouterSettings, RoutingMetrics};
 pub trait FailureSink: Send + Sync {
     /// A request to this backend failed; mark it and schedule a re-check.
     fn report(&self, reason: String);
+    /// A passive-health backend served a request after its re-check delay: healthy again.
+    fn recovered(&self) {}
 }
 
 /// What a request handler needs to reach one backend, plus the live counters the dashboard
@@ -28,13 +31,14 @@ pub struct BackendHandle {
     /// `id` as text (response header, logs, metrics labels), formatted once.
     pub id_text: Arc<str>,
     pub model: String,
-    /// Base URL without a trailing `/v1` (paths like `/v1/chat/completions` are appended).
+    /// The registration's URL without a trailing `/` or `/v1`: the backend's identity in logs
+    /// and listings. Upstream URLs are not built from it but from [`endpoint::openai_base`].
     pub base_url: String,
     pub api_key: Option<String>,
     /// Precomputed `Bearer <key>` header value, so the hot path does not format per request.
     pub auth_header: Option<String>,
     /// Upstream URLs of the OpenAI routes, parsed once per backend instead of per request.
-    uris: Vec<(&'static str, awc::http::Uri)>,
+    uris: Vec<(Endpoint, awc::http::Uri)>,
     healthy: AtomicBool,
     active: AtomicBool,
     /// Shared with the handle this one replaced (an update), so requests still running on the
@@ -50,25 +54,28 @@ pub struct BackendHandle {
     /// The queue of this backend's model, set by [`RoutingTable::rebuild`]; a freed slot wakes
     /// its first waiter.
     pub(crate) queue: RwLock<Option<Arc<ModelQueue>>>,
+    /// The model id this backend is sent in place of the public name (`upstream_model`,
+    /// SPEC §3.1); `None` forwards the client's body untouched (zero-copy).
+    pub upstream_model: Option<Arc<str>>,
+    /// `health_check: "passive"`: never probed; a request failure takes it out of the rotation
+    /// and, after the re-check delay, the next request that succeeds restores it.
+    pub passive_health: bool,
+    /// Set while a passive-health backend waits for a successful request to count as healthy
+    /// again; the hot path reports that success once (see [`BackendHandle::report_success`]).
+    awaiting_success: AtomicBool,
 }
 
-/// The routes whose upstream URLs each backend handle parses once.
-const UPSTREAM_PATHS: [&str; 4] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/models",
-];
-
 impl BackendHandle {
-    /// A handle for a backend at `endpoint_url` (a trailing `/v1` is folded away).
+    /// A handle for a backend at `endpoint_url`, an OpenAI base URL (SPEC §3.1 rule in
+    /// [`endpoint::openai_base`]).
     pub fn new(id: Uuid, model: String, endpoint_url: &str, api_key: Option<String>) -> Self {
+        let openai = endpoint::openai_base(endpoint_url);
+        let uris = Endpoint::ALL
+            .iter()
+            .filter_map(|e| Some((*e, endpoint::upstream_url(&openai, *e).parse().ok()?)))
+            .collect();
         let base = endpoint_url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base).to_string();
-        let uris = UPSTREAM_PATHS
-            .iter()
-            .filter_map(|path| Some((*path, format!("{base}{path}").parse().ok()?)))
-            .collect();
         Self {
             id,
             id_text: id.to_string().into(),
@@ -85,6 +92,9 @@ impl BackendHandle {
             limit: None,
             prefix: Mutex::new(PrefixIndex::default()),
             queue: RwLock::new(None),
+            upstream_model: None,
+            passive_health: false,
+            awaiting_success: AtomicBool::new(false),
         }
     }
 
@@ -134,14 +144,39 @@ impl BackendHandle {
         }
     }
 
-    /// The upstream URL of `path` (e.g. `/v1/chat/completions`) on this backend.
-    pub fn uri(&self, path: &str) -> Result<awc::http::Uri, String> {
-        if let Some((_, uri)) = self.uris.iter().find(|(p, _)| *p == path) {
-            return Ok(uri.clone());
+    /// Sets the registration's `upstream_model` and health-check mode on a new handle.
+    pub fn with_cloud_options(mut self, upstream_model: Option<&str>, passive: bool) -> Self {
+        self.upstream_model = upstream_model.map(Arc::from);
+        self.passive_health = passive;
+        self
+    }
+
+    /// A passive-health backend that was failing is routable again (re-check delay over);
+    /// the next successful request marks it healthy.
+    pub fn await_success(&self) {
+        self.awaiting_success.store(true, Ordering::Release);
+        self.healthy.store(true, Ordering::Release);
+    }
+
+    /// A request to this backend succeeded (its response was committed). Costs one atomic load
+    /// unless a passive-health backend is waiting for exactly this; then its actor is told once.
+    pub fn report_success(&self) {
+        if self.awaiting_success.load(Ordering::Relaxed)
+            && self.awaiting_success.swap(false, Ordering::AcqRel)
+        {
+            if let Some(sink) = self.failures.read().as_ref() {
+                sink.recovered();
+            }
         }
-        let url = format!("{}{path}", self.base_url);
-        url.parse()
-            .map_err(|e| format!("bad upstream URL {url}: {e}"))
+    }
+
+    /// The upstream URL of `endpoint` on this backend (`{base}/chat/completions`).
+    pub fn uri(&self, endpoint: Endpoint) -> Result<awc::http::Uri, String> {
+        self.uris
+            .iter()
+            .find(|(e, _)| *e == endpoint)
+            .map(|(_, uri)| uri.clone())
+            .ok_or_else(|| format!("bad upstream URL for {}", endpoint.suffix()))
     }
 
     /// Connects the handle to whoever handles passive failures (the backend actor).
@@ -178,6 +213,7 @@ impl BackendHandle {
 
     /// Passive check: takes the backend out of the rotation at once, then tells its actor.
     pub fn report_failure(&self, reason: String) {
+        self.awaiting_success.store(false, Ordering::Release);
         if self.healthy.swap(false, Ordering::AcqRel) {
             self.prefix.lock().clear();
         }
@@ -349,21 +385,25 @@ mod tests {
     }
 
     #[test]
-    fn upstream_urls_fold_a_trailing_v1_and_are_parsed_once() {
+    fn upstream_urls_follow_the_base_url_rule_and_are_parsed_once() {
         for url in ["http://h:9/", "http://h:9/v1", "http://h:9/v1/"] {
             let b = backend("m", url);
             assert_eq!(
-                b.uri("/v1/chat/completions").unwrap().to_string(),
+                b.uri(Endpoint::Chat).unwrap().to_string(),
                 "http://h:9/v1/chat/completions",
                 "{url}"
             );
-            assert_eq!(b.uri("/v1/models").unwrap().path(), "/v1/models");
-            assert_eq!(b.uri("/other").unwrap().to_string(), "http://h:9/other");
+            assert_eq!(b.uri(Endpoint::Models).unwrap().path(), "/v1/models");
         }
         let b = backend("m", "http://lab.example:8000/api");
         assert_eq!(
-            b.uri("/v1/embeddings").unwrap().to_string(),
+            b.uri(Endpoint::Embeddings).unwrap().to_string(),
             "http://lab.example:8000/api/v1/embeddings"
+        );
+        let b = backend("m", "http://h:9/v1beta/openai");
+        assert_eq!(
+            b.uri(Endpoint::Chat).unwrap().to_string(),
+            "http://h:9/v1beta/openai/chat/completions"
         );
         assert_eq!(&*b.id_text, b.id.to_string().as_str());
     }

@@ -20,6 +20,8 @@ use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, Stre
 use crate::record::now_ms;
 use crate::sessions::Sessions;
 
+mod persist;
+
 /// Most models one turn may address (SPEC §4.1).
 pub const MAX_MODELS_PER_TURN: usize = 8;
 /// Longest prompt accepted, in bytes.
@@ -56,6 +58,8 @@ enum RunState {
     Done,
     Error,
     Cancelled,
+    /// The broker stopped (crash, redeploy) while the model was streaming (SPEC §4.4).
+    Interrupted,
 }
 
 impl RunState {
@@ -65,6 +69,7 @@ impl RunState {
             Self::Done => "done",
             Self::Error => "error",
             Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -135,6 +140,14 @@ pub struct Session {
     grace: Option<SpawnHandle>,
     last_active: Instant,
     created_at: u64,
+    /// Rebuilt from its stored copy after a restart: the buffer holds nothing from before, so
+    /// a client that has seen no event since gets a `resync` (see `persist.rs`).
+    restored: bool,
+    /// The first id issued after a restore; clients behind it are resynced.
+    first_live_id: Option<u64>,
+    /// Why the session stopped (`End`, or `SessionExpired` from the TTL tick); `Shutdown` or
+    /// none keeps its stored copy, anything else deletes it.
+    end_reason: Option<StopReason>,
 }
 
 impl Session {
@@ -153,6 +166,9 @@ impl Session {
             grace: None,
             last_active: Instant::now(),
             created_at: now_ms(),
+            restored: false,
+            first_live_id: None,
+            end_reason: None,
         }
     }
 
@@ -164,6 +180,9 @@ impl Session {
     /// Numbers, buffers and fans out one turn event.
     fn emit(&mut self, body: EventBody) {
         let event = Encoded::new(Some(self.next_id), &body);
+        if self.restored && self.first_live_id.is_none() {
+            self.first_live_id = Some(self.next_id);
+        }
         self.next_id += 1;
         self.buffer.push(Arc::clone(&event));
         self.broadcast(&event);
@@ -249,6 +268,7 @@ impl Session {
             runs,
             started_ms: now_ms(),
         });
+        self.persist(); // a crash mid-turn then shows it `interrupted`
         if self.connections.is_empty() {
             self.arm_grace(ctx);
         }
@@ -315,6 +335,7 @@ impl Session {
             self.last_turn = Some(turn);
         }
         self.touch();
+        self.persist();
     }
 
     fn arm_grace(&mut self, ctx: &mut Context<Self>) {
@@ -400,6 +421,7 @@ impl Actor for Session {
                     act.id,
                     idle.as_secs()
                 );
+                act.end_reason = Some(StopReason::SessionExpired);
                 ctx.stop();
             }
         });
@@ -422,6 +444,12 @@ impl Actor for Session {
         }
         self.connections.clear();
         self.registry.remove(&self.id);
+        match self.end_reason {
+            // Shutdown, or stopped with its arbiter: a redeploy resumes it.
+            Some(StopReason::Shutdown) | None => self.persist(),
+            // Expired, evicted or ended: gone from disk too.
+            Some(_) => self.forget(),
+        }
         Running::Stop
     }
 }
@@ -448,6 +476,7 @@ impl Handler<Attach> for Session {
         if let Some(h) = self.grace.take() {
             ctx.cancel_future(h);
         }
+        self.continue_after(msg.last_event_id);
         let session = Encoded::new(
             None,
             &EventBody::Session {
@@ -461,7 +490,7 @@ impl Handler<Attach> for Session {
             return;
         }
         let after = msg.last_event_id.unwrap_or(0);
-        match self.buffer.since(after) {
+        match self.replay_since(after) {
             Replay::Events(events) => {
                 self.registry.count_replay(events.len());
                 for e in events {
@@ -569,6 +598,8 @@ impl Handler<Command> for Session {
                 self.cancel(None, StopReason::Cancelled);
                 self.history.clear();
                 self.last_turn = None;
+                self.emit(EventBody::Cleared {});
+                self.persist();
                 log::info!("session_id={} cleared", self.id);
                 Ok(())
             }
@@ -698,6 +729,7 @@ impl Handler<End> for Session {
 
     fn handle(&mut self, End(reason): End, ctx: &mut Self::Context) {
         log::info!("session_id={} ended: {reason:?}", self.id);
+        self.end_reason = Some(reason);
         if reason == StopReason::Shutdown {
             for sink in self.connections.values() {
                 sink.close(1001, "server shutting down");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 use parking_lot::{Mutex, RwLock};
@@ -15,6 +15,7 @@ use crate::model_stream::StopReason;
 use crate::record::now_ms;
 use crate::routing::RoutingTable;
 use crate::session::{CloseConnections, End, Session, SessionSettings};
+use crate::session_store::SessionStore;
 
 /// Why a session could not be created or joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,10 @@ pub struct Sessions {
     draining: AtomicBool,
     next_conn: AtomicU64,
     pub counters: SessionCounters,
+    /// Where sessions are stored to survive a restart; unset in tests that need no disk.
+    store: OnceLock<SessionStore>,
+    /// Unix ms of the last sweep of stored sessions (TTL and cap).
+    last_sweep_ms: AtomicU64,
 }
 
 impl Sessions {
@@ -91,6 +96,8 @@ impl Sessions {
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             counters: SessionCounters::default(),
+            store: OnceLock::new(),
+            last_sweep_ms: AtomicU64::new(0),
         })
     }
 
@@ -103,6 +110,7 @@ impl Sessions {
         if self.map.read().len() >= self.max_sessions {
             self.evict_one()?;
         }
+        self.maybe_sweep();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let addr = Session::new(id.clone(), Arc::clone(self), self.settings).start();
         self.map.write().insert(
@@ -134,9 +142,87 @@ impl Sessions {
         Ok(())
     }
 
-    /// A live session by id.
-    pub fn get(&self, id: &str) -> Option<Addr<Session>> {
-        self.map.read().get(id).map(|e| e.addr.clone())
+    /// A session by id: a live one, or one rebuilt from its stored copy (after a restart)
+    /// on the calling thread's arbiter. An expired stored copy is deleted and not found.
+    pub fn get(self: &Arc<Self>, id: &str) -> Option<Addr<Session>> {
+        if let Some(addr) = self.map.read().get(id).map(|e| e.addr.clone()) {
+            return Some(addr);
+        }
+        self.restore(id)
+    }
+
+    fn restore(self: &Arc<Self>, id: &str) -> Option<Addr<Session>> {
+        let store = self.store.get()?;
+        if self.is_draining() {
+            return None;
+        }
+        let stored = store.load(id)?;
+        let idle_ms = now_ms().saturating_sub(stored.last_active_ms);
+        if u128::from(idle_ms) >= self.settings.ttl.as_millis() {
+            log::info!(
+                "session_id={id} stored copy expired ({} s idle); deleted",
+                idle_ms / 1000
+            );
+            store.delete(id);
+            return None;
+        }
+        if self.map.read().len() >= self.max_sessions && self.evict_one().is_err() {
+            return None;
+        }
+        let mut map = self.map.write();
+        if let Some(e) = map.get(id) {
+            return Some(e.addr.clone()); // another request restored it first
+        }
+        let last_event_id = stored.last_event_id;
+        let addr = Session::restore(stored, Arc::clone(self), self.settings).start();
+        map.insert(
+            id.to_string(),
+            Entry {
+                addr: addr.clone(),
+                last_active_ms: AtomicU64::new(now_ms()),
+                connections: AtomicUsize::new(0),
+            },
+        );
+        log::info!("session_id={id} restored from its stored copy (last id {last_event_id})");
+        Some(addr)
+    }
+
+    /// Connects the store sessions are written to, and sweeps it (TTL and `MAX_SESSIONS`
+    /// apply to stored sessions too). Called once at startup.
+    pub fn set_store(&self, store: SessionStore) {
+        if self.store.set(store).is_ok() {
+            let swept = self.sweep_stored();
+            log::info!(
+                "stored sessions: {} kept, {swept} expired or over the cap deleted",
+                self.store.get().map_or(0, SessionStore::len)
+            );
+        }
+    }
+
+    /// The session store, when sessions are persisted.
+    pub(crate) fn store(&self) -> Option<&SessionStore> {
+        self.store.get()
+    }
+
+    /// Deletes stored sessions past the TTL or the cap (live ones are kept).
+    fn sweep_stored(&self) -> usize {
+        let Some(store) = self.store.get() else {
+            return 0;
+        };
+        self.last_sweep_ms.store(now_ms(), Ordering::Relaxed);
+        let ttl_ms = u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX);
+        let live = self.map.read();
+        store.sweep(ttl_ms, self.max_sessions, |id| live.contains_key(id))
+    }
+
+    /// Sweeps the store again when a quarter of the TTL (at least a second) has passed, so
+    /// copies that nobody resumes do not outlive their TTL on disk.
+    fn maybe_sweep(&self) {
+        let every = (self.settings.ttl / 4).max(std::time::Duration::from_secs(1));
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if u128::from(now_ms().saturating_sub(last)) >= every.as_millis() {
+            self.sweep_stored();
+        }
     }
 
     /// Called by a session whenever it is active (LRU order, attached count).

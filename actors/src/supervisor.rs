@@ -11,11 +11,14 @@ use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::backend::{apply_check, Activate, Backend, CheckKind, CheckNow, HealthPolicy, Retire};
-use crate::record::{now_ms, HealthStatus, ServerRecord, ServerView};
+use crate::record::{now_ms, HealthCheckMode, HealthStatus, ServerRecord, ServerView};
 use crate::registry::Registry;
 use crate::routing::{BackendHandle, RoutingTable};
 use crate::upstream;
 use crate::url_policy;
+
+mod backup;
+pub use backup::{Export, ExportEntry, Import, ImportEntry, ImportSummary};
 
 /// Why an admin operation was refused. Mapped to HTTP status codes by the binary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +41,14 @@ pub enum AdminError {
     /// 409: demo backends are built in and cannot be edited.
     #[error("demo backends are built in and cannot be changed")]
     Demo,
+    /// 400 naming the offending field (`servers[2].endpoint_url` in an import).
+    #[error("{param}: {message}")]
+    InvalidField {
+        /// The field's path, for the error's `param`.
+        param: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// A validated registration request.
@@ -51,6 +62,10 @@ pub struct Registration {
     pub verify: bool,
     /// `max_concurrency` (1–10 000, validated by the API); `None` = unlimited.
     pub max_concurrency: Option<u32>,
+    /// The model id sent upstream in place of `model_name` (validated by the caller).
+    pub upstream_model: Option<String>,
+    /// `passive` skips the registration probe and every scheduled one.
+    pub health_check: HealthCheckMode,
 }
 
 /// A partial update: `None` leaves a field alone; `Some(None)` clears an optional field.
@@ -64,6 +79,10 @@ pub struct Patch {
     pub verify: bool,
     /// `Some(None)` clears the limit (unlimited).
     pub max_concurrency: Option<Option<u32>>,
+    /// `Some(None)` stops rewriting the model.
+    pub upstream_model: Option<Option<String>>,
+    /// A new health-check mode.
+    pub health_check: Option<HealthCheckMode>,
 }
 
 /// Filters of `GET /admin/servers`.
@@ -160,7 +179,11 @@ impl HealthSupervisor {
             &record.endpoint_url,
             record.api_key.clone(),
         )
-        .with_max_concurrency(record.max_concurrency);
+        .with_max_concurrency(record.max_concurrency)
+        .with_cloud_options(
+            record.upstream_model.as_deref(),
+            record.health_check == HealthCheckMode::Passive,
+        );
         // An update replaces the handle while requests may still run on the old one.
         if let Some(prev) = self.table.find(id) {
             handle = handle.inherit_load(&prev);
@@ -263,6 +286,11 @@ impl Handler<Register> for HealthSupervisor {
             record.owner = reg.owner.clone();
             record.description = reg.description.clone();
             record.max_concurrency = reg.max_concurrency;
+            record.upstream_model = reg.upstream_model.clone();
+            record.health_check = reg.health_check;
+            if reg.health_check == HealthCheckMode::Passive {
+                return Ok(record); // never probed, not even now (SPEC §3.1)
+            }
             let probe_handle = BackendHandle::new(
                 record.registration_id,
                 record.model_name.clone(),
@@ -360,8 +388,16 @@ impl Handler<Update> for HealthSupervisor {
             if let Some(k) = &patch.api_key {
                 candidate.api_key = k.clone();
             }
-            let reconnect = candidate.endpoint_url != current.endpoint_url
-                || candidate.api_key != current.api_key;
+            if let Some(m) = &patch.upstream_model {
+                candidate.upstream_model = m.clone();
+            }
+            if let Some(mode) = patch.health_check {
+                candidate.health_check = mode;
+            }
+            let reconnect = (candidate.endpoint_url != current.endpoint_url
+                || candidate.api_key != current.api_key
+                || candidate.health_check != current.health_check)
+                && candidate.health_check == HealthCheckMode::Models;
             let probe = if reconnect {
                 let h = BackendHandle::new(
                     id,
@@ -420,6 +456,8 @@ impl Handler<Update> for HealthSupervisor {
                     record.model_name = candidate.model_name;
                     record.endpoint_url = candidate.endpoint_url;
                     record.api_key = candidate.api_key;
+                    record.upstream_model = candidate.upstream_model;
+                    record.health_check = candidate.health_check;
                     if let Some(owner) = patch.owner {
                         record.owner = owner;
                     }

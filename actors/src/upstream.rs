@@ -15,6 +15,7 @@ use actix_tls::connect::{ConnectError, ConnectInfo, Connection, Resolve, Resolve
 use awc::http::Uri;
 use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 
+use crate::endpoint::Endpoint;
 use crate::routing::BackendHandle;
 use crate::url_policy;
 
@@ -151,7 +152,7 @@ pub struct ProbeOk {
     pub latency: Duration,
 }
 
-/// `GET {base}/v1/models` with the backend's key: HTTP 200 with a JSON body is healthy.
+/// `GET {base}/models` with the backend's key: HTTP 200 with a JSON body is healthy.
 /// The error string is what the admin sees as `last_error`.
 pub async fn probe(
     client: &awc::Client,
@@ -159,8 +160,10 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<ProbeOk, String> {
     let started = Instant::now();
+    let uri = backend.uri(Endpoint::Models)?;
+    let path = uri.path().to_string();
     let mut req = client
-        .get(backend.uri("/v1/models")?)
+        .get(uri)
         .timeout(timeout)
         .insert_header(("Accept", "application/json"));
     if let Some(auth) = &backend.auth_header {
@@ -178,10 +181,10 @@ pub async fn probe(
             .await
             .map_err(|e| format!("reading body failed: {e}"))?;
         if status != awc::http::StatusCode::OK {
-            return Err(format!("GET /v1/models answered HTTP {}", status.as_u16()));
+            return Err(format!("GET {path} answered HTTP {}", status.as_u16()));
         }
         serde_json::from_slice::<serde_json::Value>(&body)
-            .map_err(|_| "GET /v1/models did not answer JSON".to_string())?;
+            .map_err(|_| format!("GET {path} did not answer JSON"))?;
         Ok(ProbeOk {
             latency: started.elapsed(),
         })

@@ -5,7 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
-use switchboard_actors::record::ServerView;
+use switchboard_actors::record::{HealthCheckMode, ServerView};
 use switchboard_actors::supervisor::{
     ActivateServer, AdminError, Delete, Filter, ForceCheck, Get, HealthSupervisor, List, Patch,
     Register, Registration, Stats, Update,
@@ -47,6 +47,8 @@ struct RegisterBody {
     verify: Option<bool>,
     /// Validated by [`check_max_concurrency`] so every bad value gets a message naming it.
     max_concurrency: Option<serde_json::Value>,
+    upstream_model: Option<String>,
+    health_check: Option<String>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -74,6 +76,10 @@ struct UpdateBody {
     verify: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     max_concurrency: Option<Option<serde_json::Value>>,
+    #[serde(default, deserialize_with = "present")]
+    upstream_model: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    health_check: Option<Option<String>>,
 }
 
 /// Largest `max_concurrency` a registration may set (SPEC §3.1).
@@ -146,6 +152,38 @@ fn check_text(field: &str, value: Option<String>, max: usize) -> Result<Option<S
     }
 }
 
+/// `upstream_model`: what a backend calls the model; it goes into request bodies and logs,
+/// so the same bounds as a model name apply.
+pub fn check_upstream_model(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Err(ApiError::invalid_param(
+            "upstream_model",
+            "upstream_model must not be empty; leave it out to send model_name",
+        )),
+        Some(v) if v.len() > MAX_MODEL_NAME || v.chars().any(char::is_control) => {
+            Err(ApiError::invalid_param(
+                "upstream_model",
+                format!("upstream_model must be at most {MAX_MODEL_NAME} printable characters"),
+            ))
+        }
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// `health_check`: `models` (default) or `passive`.
+pub fn check_health_mode(value: Option<&str>) -> Result<HealthCheckMode, ApiError> {
+    match value {
+        None => Ok(HealthCheckMode::Models),
+        Some(v) => HealthCheckMode::parse(v).ok_or_else(|| {
+            ApiError::invalid_param(
+                "health_check",
+                format!("health_check must be \"models\" or \"passive\", not {v:?}"),
+            )
+        }),
+    }
+}
+
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
         .map_err(|_| ApiError::not_found(format!("no server with registration_id {raw}")))
@@ -171,6 +209,8 @@ async fn register(
         description: check_text("description", b.description, MAX_TEXT_FIELD)?,
         verify: b.verify.unwrap_or(true),
         max_concurrency: check_max_concurrency(b.max_concurrency)?,
+        upstream_model: check_upstream_model(b.upstream_model)?,
+        health_check: check_health_mode(b.health_check.as_deref())?,
     };
     let view = state
         .supervisor
@@ -210,6 +250,10 @@ async fn update(
             .transpose()?,
         verify: b.verify.unwrap_or(true),
         max_concurrency: b.max_concurrency.map(check_max_concurrency).transpose()?,
+        upstream_model: b.upstream_model.map(check_upstream_model).transpose()?,
+        health_check: required("health_check", b.health_check)?
+            .map(|m| check_health_mode(Some(&m)))
+            .transpose()?,
     };
     let view = state
         .supervisor

@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per route family, plus the relay body of proxied responses.
 
 pub mod admin;
+pub mod backup;
 pub mod conn;
 pub mod gate;
 pub mod openai;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     ws::configure(cfg);
     sse::configure(cfg);
     push::configure(cfg);
+    backup::configure(cfg);
 }
 
 /// A route for GET that answers HEAD too (headers only; actix-http drops the body), so

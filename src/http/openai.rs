@@ -52,24 +52,8 @@ fn proxied(endpoint: Endpoint) -> actix_web::Route {
     )
 }
 
-/// The proxied endpoints; each knows its upstream path and required fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    /// The upstream path, also the route label in metrics.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Chat => "/v1/chat/completions",
-            Self::Completions => "/v1/completions",
-            Self::Embeddings => "/v1/embeddings",
-        }
-    }
-}
+/// The proxied endpoints: the engine's one list (its upstream URLs are built there).
+pub use switchboard_actors::endpoint::Endpoint;
 
 /// The fields the gateway itself needs; everything else is passed through untouched.
 #[derive(Deserialize)]
@@ -309,6 +293,7 @@ async fn proxy_attempts(
         tried.push(backend.id);
         match try_backend(client, &backend, req, &body, endpoint, &request_id, state).await {
             Ok(committed) => {
+                backend.report_success();
                 let commit_ms = arrived.elapsed().as_millis() as u64;
                 log::info!(
                     "request_id={request_id} model={model} backend={} status={} attempt={} commit_ms={commit_ms}",
@@ -391,7 +376,7 @@ async fn try_backend(
     state: &AppState,
 ) -> Result<Committed, String> {
     let mut upstream = client
-        .post(backend.uri(endpoint.path())?)
+        .post(backend.uri(endpoint)?)
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((REQUEST_ID_HEADER, request_id));
     for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
@@ -402,15 +387,16 @@ async fn try_backend(
     if let Some(auth) = &backend.auth_header {
         upstream = upstream.insert_header((header::AUTHORIZATION, auth.as_str()));
     }
-    let resp = upstream
-        .send_body(body.clone())
-        .await
-        .map_err(|e| match e {
-            awc::error::SendRequestError::Timeout => {
-                "timed out waiting for response headers".to_string()
-            }
-            e => format!("request failed: {e}"),
-        })?;
+    let body = match &backend.upstream_model {
+        Some(id) => with_model(body, id)?,
+        None => body.clone(), // zero-copy: the client's bytes as they came
+    };
+    let resp = upstream.send_body(body).await.map_err(|e| match e {
+        awc::error::SendRequestError::Timeout => {
+            "timed out waiting for response headers".to_string()
+        }
+        e => format!("request failed: {e}"),
+    })?;
     let status = resp.status();
     if status.is_server_error() {
         return Err(format!("backend answered HTTP {}", status.as_u16()));
@@ -454,6 +440,17 @@ async fn try_backend(
         content_length,
         is_sse,
     })
+}
+
+/// The request body with `model` replaced (a backend's `upstream_model`); every other field
+/// is kept as the client sent it.
+fn with_model(body: &Bytes, model: &str) -> Result<Bytes, String> {
+    let mut value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| format!("cannot rewrite model: {e}"))?;
+    value.insert("model".into(), serde_json::Value::String(model.to_string()));
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot rewrite model: {e}"))
 }
 
 fn respond(

@@ -62,7 +62,7 @@ async fn memory(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 async fn limitations(state: web::Data<AppState>) -> HttpResponse {
     let items = json!([
         {"limitation": "Single node: sessions, their resume buffers and rate-limit buckets live in this process's memory.",
-         "workaround": "Run one replica (Railway's default). A restart ends sessions: clients get 4001 on resume and start a new session; registrations persist in sled."},
+         "workaround": "Run one replica (Railway's default). Sessions are stored in sled at each turn start and end, so a restart keeps them: a resume gets a resync from the stored history (a turn cut by the restart shows `interrupted`); registrations persist in sled too."},
         {"limitation": "Resume covers the last SWITCHBOARD_EVENT_BUFFER events (and at most 1 MiB) of a session.",
          "workaround": "An older position gets a `resync` snapshot of the current turn instead of a replay; raise the buffer for very long turns.",
          "docs": "/docs/protocol.md#ids-resume-and-resync"},

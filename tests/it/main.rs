@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod backup;
+mod cloud;
 mod deploy;
 mod docs;
 mod fields;
@@ -19,5 +21,6 @@ mod routing;
 mod sessions;
 mod startup;
 mod storage;
+mod threads;
 mod wsclient;
 mod wsconn;

@@ -359,7 +359,7 @@ pub(crate) fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 
 // === SSE transport ===
 
-async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value) {
     request(
         "POST",
         &format!("{base}{path}"),
@@ -370,7 +370,7 @@ async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value) {
 }
 
 /// Reads SSE events from `/api/sessions/{id}/events` until `until` returns true.
-async fn sse_read(
+pub(crate) async fn sse_read(
     base: &str,
     session_id: &str,
     last_event_id: Option<u64>,

@@ -1,0 +1,253 @@
+//! Threads across tabs and restarts: `cleared` reaches every connection (SPEC §4.2), and
+//! sessions survive `kill -9` (SPEC §4.4) over both transports.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+use crate::resume::{post, sse_read};
+use crate::wsclient::*;
+
+/// Reads events until one of `kind` arrives; returns it.
+async fn until_kind(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let ev = ws.event().await;
+        if ev["type"] == kind {
+            return ev;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn clear_from_one_tab_sends_cleared_to_every_connection_and_is_buffered() {
+    let model = "clr-d5";
+    let m = mock();
+    let broker = Broker::start(&[]);
+    broker.register(model, &m.url()).await;
+    let (mut a, sid) = Ws::new_session(&broker.url).await;
+    let mut b = Ws::connect(&broker.url).await;
+    b.send(json!({"type": "hello", "session_id": sid, "last_event_id": 0}))
+        .await;
+    assert_eq!(b.event().await["resumed"], true);
+
+    a.send(send_msg("c1", "remember this", &[model])).await;
+    let mut view = View::default();
+    read_to_complete(&mut a, &mut view, Duration::from_secs(10)).await;
+    until_kind(&mut b, "complete").await;
+
+    a.send(json!({"type": "clear"})).await;
+    let on_a = until_kind(&mut a, "cleared").await;
+    let on_b = until_kind(&mut b, "cleared").await;
+    assert_eq!(on_a["id"].as_u64(), Some(view.last_id + 1), "{on_a}");
+    assert_eq!(
+        on_a["id"], on_b["id"],
+        "one event, the same id on every tab"
+    );
+    assert!(on_b["ts"].as_u64().is_some_and(|t| t > 1_700_000_000_000));
+
+    // The SSE transport gets it too, from the buffer, and the history is empty.
+    let mut sse = View::default();
+    let frames = sse_read(&broker.url, &sid, Some(view.last_id), &mut sse, |_, v| {
+        v["type"] == "cleared"
+    })
+    .await;
+    assert_eq!(
+        frames.last(),
+        Some(&(on_a["id"].as_u64(), "cleared".to_string()))
+    );
+    let (status, _) = post(
+        &broker.url,
+        &format!("/api/sessions/{sid}/clear"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let again = until_kind(&mut a, "cleared").await;
+    assert_eq!(until_kind(&mut b, "cleared").await["id"], again["id"]);
+    let (_, state) = broker
+        .call("GET", &format!("/api/sessions/{sid}"), &[], None)
+        .await;
+    assert_eq!(state["history"], json!({}), "{state}");
+}
+
+/// Points the registration `id` at the mock scenario `upstream` (the mock picks its behaviour
+/// by model name), so one public model can answer fast in one turn and slowly in the next.
+async fn scenario(broker: &Broker, id: &str, upstream: &str) {
+    let (status, body) = broker
+        .admin_json(
+            "PUT",
+            &format!("/admin/register/{id}"),
+            Some(json!({"upstream_model": upstream})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[actix_rt::test]
+async fn a_session_survives_kill9_mid_turn_and_resumes_over_ws_and_sse_with_its_history() {
+    let m = mock();
+    let mut broker = Broker::start(&[]);
+    let rec = broker
+        .admin_json(
+            "POST",
+            "/admin/register",
+            Some(json!({"model_name": "thread", "endpoint_url": m.url(), "upstream_model": "fast-d1"})),
+        )
+        .await
+        .1;
+    let id = rec["registration_id"].as_str().unwrap_or("").to_string();
+
+    // Turn 1 completes; turn 2 is cut by kill -9 after a few tokens.
+    let (mut ws, sid) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("t1", "first question", &["thread"])).await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    let answer1 = view.text.get("thread").cloned().unwrap_or_default();
+    assert!(answer1.contains("first question"), "{answer1}");
+    scenario(&broker, &id, "long-spaced-w300").await;
+    ws.send(send_msg("t2", "second question", &["thread"]))
+        .await;
+    while view.of("token", Some("thread")).len() < view_tokens_t1(&view) + 3 {
+        let ev = ws.event().await;
+        view.apply(&ev);
+    }
+    let seen = view.last_id;
+    broker.kill9();
+    broker.restart();
+
+    // WebSocket: resumed, a resync from the stored copy with the cut turn interrupted.
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.send(json!({"type": "hello", "session_id": sid, "last_event_id": seen}))
+        .await;
+    let s = ws.event().await;
+    assert_eq!(
+        (s["type"].as_str(), s["resumed"].as_bool()),
+        (Some("session"), Some(true)),
+        "{s}"
+    );
+    let resync = ws.event().await;
+    assert_eq!(resync["type"], "resync", "{resync}");
+    assert_eq!(resync["request_id"], "t2");
+    assert_eq!(
+        resync["snapshot"]["thread"]["state"], "interrupted",
+        "{resync}"
+    );
+
+    // SSE: the same session, the same resync; the state route agrees.
+    let mut sse = View::default();
+    let frames = sse_read(&broker.url, &sid, Some(seen), &mut sse, |_, v| {
+        v["type"] == "resync"
+    })
+    .await;
+    assert_eq!(frames.len(), 2, "session, then resync: {frames:?}");
+    let (status, state) = broker
+        .call("GET", &format!("/api/sessions/{sid}"), &[], None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(state["busy"], false);
+    assert_eq!(state["history"], json!({"thread": 1}), "{state}");
+    assert_eq!(state["turn"]["request_id"], "t2");
+    assert_eq!(state["turn"]["snapshot"]["thread"]["state"], "interrupted");
+
+    // The next turn: ids continue after what the client saw; the backend gets the history.
+    scenario(&broker, &id, "fast-d1").await;
+    ws.send(send_msg("t3", "third question", &["thread"])).await;
+    let mut next = View::default();
+    read_to_complete(&mut ws, &mut next, Duration::from_secs(10)).await;
+    let first = next.events.first().cloned().unwrap_or_default();
+    assert_eq!(first["type"], "ack", "{first}");
+    assert!(
+        first["id"].as_u64().is_some_and(|i| i > seen),
+        "{first} after {seen}"
+    );
+    let sent = m.stats().last_requests.last().cloned().unwrap_or_default();
+    let messages: Vec<(String, String)> = sent["messages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|msg| {
+                    let field = |k: &str| msg[k].as_str().unwrap_or("").to_string();
+                    (field("role"), field("content"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pair = |r: &str, c: &str| (r.to_string(), c.to_string());
+    assert_eq!(
+        messages,
+        [
+            pair("user", "first question"),
+            pair("assistant", &answer1),
+            pair("user", "third question")
+        ],
+        "the full stored history went upstream"
+    );
+}
+
+/// Tokens of turn 1 (the count turn 2's tokens are added to).
+fn view_tokens_t1(view: &View) -> usize {
+    view.events
+        .iter()
+        .filter(|e| e["type"] == "token" && e["request_id"] == "t1")
+        .count()
+}
+
+#[actix_rt::test]
+async fn a_stored_session_past_its_ttl_is_deleted_and_its_resume_gets_4001() {
+    let model = "ttl-d1";
+    let m = mock();
+    let mut broker = Broker::start(&[("SWITCHBOARD_SESSION_TTL_S", "1")]);
+    broker.register(model, &m.url()).await;
+    let (mut ws, sid) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("x1", "hello", &[model])).await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    broker.kill9();
+    actix_rt::time::sleep(Duration::from_millis(1200)).await;
+    broker.restart();
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.send(json!({"type": "hello", "session_id": sid, "last_event_id": view.last_id}))
+        .await;
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(4001));
+    let (status, _) = broker
+        .call("GET", &format!("/api/sessions/{sid}"), &[], None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        broker.logs().contains("stored sessions: 0 kept, 1 expired"),
+        "swept at start"
+    );
+}
+
+#[actix_rt::test]
+async fn a_session_survives_a_graceful_restart_too() {
+    let model = "graceful-d1";
+    let m = mock();
+    let mut broker = Broker::start(&[]);
+    broker.register(model, &m.url()).await;
+    let (mut ws, sid) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("g1", "before the redeploy", &[model]))
+        .await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    broker.terminate();
+    assert_eq!(ws.close_code(Duration::from_secs(10)).await, Some(1001));
+    assert_eq!(broker.wait_exit(Duration::from_secs(30)), Some(0));
+    broker.restart();
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.send(json!({"type": "hello", "session_id": sid, "last_event_id": view.last_id}))
+        .await;
+    let s = ws.event().await;
+    assert_eq!(s["resumed"], true, "{s}");
+    assert_eq!(s["last_event_id"].as_u64(), Some(view.last_id), "{s}");
+    let resync = ws.event().await;
+    assert_eq!(resync["snapshot"][model]["state"], "done", "{resync}");
+    ws.send(send_msg("g2", "after", &[model])).await;
+    let mut next = View::default();
+    read_to_complete(&mut ws, &mut next, Duration::from_secs(10)).await;
+    let sent = m.stats().last_requests.last().cloned().unwrap_or_default();
+    assert_eq!(sent["messages"].as_array().map(Vec::len), Some(3), "{sent}");
+}
