@@ -168,6 +168,7 @@ pub fn render(
                 up: b.is_routable(),
                 active: b.is_active(),
                 routed,
+                tokens: b.tokens.rows(),
             });
         }
     }
@@ -271,6 +272,21 @@ pub fn render(
             );
         }
     }
+    head(
+        &mut out,
+        "switchboard_tokens_total",
+        "counter",
+        "Tokens served per model and backend, as the backend reported them or as the broker estimated them.",
+    );
+    for b in &backends {
+        let (model, id) = (label(&b.model), &b.id);
+        for (kind, estimated, n) in b.tokens {
+            let _ = writeln!(
+                out,
+                "switchboard_tokens_total{{model=\"{model}\",backend=\"{id}\",kind=\"{kind}\",estimated=\"{estimated}\"}} {n}"
+            );
+        }
+    }
     // Routing decisions, queues and prefix matches (SPEC §2.1).
     table.render_metrics(&mut out);
     out
@@ -357,6 +373,8 @@ struct BackendRow {
     up: bool,
     active: bool,
     routed: u64,
+    /// `(kind, estimated, tokens)`, see [`switchboard_actors::usage::TokenCounts::rows`].
+    tokens: [(&'static str, bool, u64); 4],
 }
 
 /// A per-backend series: name, kind, help and how to read its value from a backend.

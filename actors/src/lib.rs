@@ -22,6 +22,7 @@
 //! - [`model_stream`]: one actor per model per turn; stopping it cancels the upstream.
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
+//! - [`usage`]: `switchboard_tokens_total`: usage found in relayed bytes, or estimated.
 //! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
 //! - [`session_store`]: sessions' stored copies in sled, so threads survive a restart.
 //! - [`endpoint`]: the OpenAI routes and the one rule that turns `endpoint_url` into their URLs.
@@ -49,3 +50,4 @@ pub mod sse;
 pub mod supervisor;
 pub mod upstream;
 pub mod url_policy;
+pub mod usage;

@@ -26,6 +26,7 @@ use crate::routing::{RouteError, RoutingTable};
 use crate::silence::SilenceTimer;
 use crate::sse::SseParser;
 use crate::upstream;
+use crate::usage::TokenCounts;
 
 /// After `[DONE]`, read at most this much more to reach the end of the body (see
 /// [`drain_to_end`]).
@@ -245,7 +246,7 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
             backend: backend.id.to_string(),
             route,
         });
-        match stream_body(resp, &spec, &out, deadline).await {
+        match stream_body(resp, &spec, &out, deadline, &backend.tokens).await {
             Attempt::Finished(reason) => {
                 if reason == StopReason::UpstreamError || reason == StopReason::UpstreamTimeout {
                     backend.report_failure("stream failed after output".into());
@@ -325,7 +326,13 @@ fn request_body_for(spec: &StreamSpec, model: &str) -> Value {
     Value::Object(body)
 }
 
-async fn stream_body<S>(mut resp: S, spec: &StreamSpec, out: &Emitter, deadline: Instant) -> Attempt
+async fn stream_body<S>(
+    mut resp: S,
+    spec: &StreamSpec,
+    out: &Emitter,
+    deadline: Instant,
+    tokens: &TokenCounts,
+) -> Attempt
 where
     S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
 {
@@ -406,6 +413,7 @@ where
                     let usage = interp
                         .usage
                         .unwrap_or_else(|| estimate_usage(spec, interp.deltas));
+                    tokens.add(&usage);
                     out.send(EventBody::Done {
                         request_id: spec.request_id.clone(),
                         model: spec.model.clone(),

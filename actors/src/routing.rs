@@ -63,6 +63,8 @@ pub struct BackendHandle {
     /// Set while a passive-health backend waits for a successful request to count as healthy
     /// again; the hot path reports that success once (see [`BackendHandle::report_success`]).
     awaiting_success: AtomicBool,
+    /// Tokens this backend served (`switchboard_tokens_total`, SPEC §8).
+    pub tokens: crate::usage::TokenCounts,
 }
 
 impl BackendHandle {
@@ -95,6 +97,7 @@ impl BackendHandle {
             upstream_model: None,
             passive_health: false,
             awaiting_success: AtomicBool::new(false),
+            tokens: crate::usage::TokenCounts::default(),
         }
     }
 

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use switchboard_actors::events::Usage;
 use switchboard_actors::prefix::PromptSig;
 use switchboard_actors::router::{thread_key, RouteKind, RouteRequest, RoutingPolicy};
 use switchboard_actors::routing::{BackendHandle, InFlightGuard, RouteError};
@@ -305,7 +306,12 @@ async fn proxy_attempts(
                     .metrics
                     .observe_ttfb(arrived.elapsed().as_micros() as u64);
                 outcome.backend = backend.id_text.to_string();
-                return Ok(respond(committed, guard, kind, arrived, &request_id, state));
+                let sent = Sent {
+                    arrived,
+                    request_id: &request_id,
+                    request_bytes: body.len(),
+                };
+                return Ok(respond(committed, guard, kind, sent, state));
             }
             Err(reason) => {
                 log::warn!(
@@ -453,14 +459,26 @@ fn with_model(body: &Bytes, model: &str) -> Result<Bytes, String> {
         .map_err(|e| format!("cannot rewrite model: {e}"))
 }
 
+/// What [`respond`] needs to know about the request it answers.
+struct Sent<'a> {
+    arrived: Instant,
+    request_id: &'a str,
+    /// Size of the request body (the prompt-token estimate when the backend reports no usage).
+    request_bytes: usize,
+}
+
 fn respond(
     c: Committed,
     guard: InFlightGuard,
     kind: RouteKind,
-    arrived: Instant,
-    request_id: &str,
+    sent: Sent<'_>,
     state: &AppState,
 ) -> HttpResponse {
+    let Sent {
+        arrived,
+        request_id,
+        request_bytes,
+    } = sent;
     let whole = complete_body(&c);
     let mut resp = HttpResponse::build(c.status);
     for header in c.headers {
@@ -477,6 +495,14 @@ fn respond(
         // timers; the upstream read to its end first, so awc pools the connection.
         let mut rest = c.rest;
         let _ = rest.next().now_or_never();
+        if let Some((prompt, completion)) = switchboard_actors::usage::find_usage(&whole) {
+            guard.backend().tokens.add(&Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: prompt + completion,
+                estimated: false,
+            });
+        }
         return resp.body(whole);
     }
     let timers = RelayTimers {
@@ -492,6 +518,7 @@ fn respond(
     };
     let request = RequestSide {
         guard,
+        request_bytes,
         request_id: request_id.to_string(),
         metrics: Arc::clone(&state.metrics),
         drain: Arc::clone(&state.drain),

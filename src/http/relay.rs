@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use switchboard_actors::routing::InFlightGuard;
 use switchboard_actors::silence::SilenceTimer;
+use switchboard_actors::usage::UsageWatch;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -107,6 +108,8 @@ pub struct UpstreamSide {
 /// Who the relay answers to: the request's id, its backend slot, the counters.
 pub struct RequestSide {
     pub guard: InFlightGuard,
+    /// Size of the request body: the prompt-token estimate when the backend reports no usage.
+    pub request_bytes: usize,
     pub request_id: String,
     pub metrics: Arc<GatewayMetrics>,
     pub drain: Arc<DrainSignal>,
@@ -136,6 +139,9 @@ pub struct RelayBody {
     relayed: u64,
     /// Counts the request in the backend's `in_flight` until the body is dropped.
     guard: InFlightGuard,
+    /// The backend's reported usage, found as the bytes pass (`switchboard_tokens_total`).
+    usage: UsageWatch,
+    request_bytes: usize,
     request_id: String,
     /// Counts a client that leaves before the end.
     metrics: Arc<GatewayMetrics>,
@@ -167,6 +173,7 @@ impl RelayBody {
         } = upstream;
         let RequestSide {
             guard,
+            request_bytes,
             request_id,
             metrics,
             drain,
@@ -186,6 +193,8 @@ impl RelayBody {
             timers,
             done: false,
             guard,
+            usage: UsageWatch::default(),
+            request_bytes,
             request_id,
         }
     }
@@ -196,6 +205,7 @@ impl RelayBody {
         if self.is_sse {
             self.done_marker.feed(&chunk);
         }
+        self.usage.feed(&chunk);
         Poll::Ready(Some(Ok(chunk)))
     }
 
@@ -207,6 +217,9 @@ impl RelayBody {
             }
         } else if self.is_sse && !self.done_marker.ended_cleanly() {
             return self.fail("stream ended without data: [DONE] (connection lost)".into());
+        }
+        if let Some(usage) = self.usage.usage(self.request_bytes, self.is_sse) {
+            self.guard.backend().tokens.add(&usage);
         }
         self.done = true;
         Poll::Ready(None)

@@ -18,7 +18,17 @@ async fn metrics_pass_promtool_and_carry_process_series() {
         ("SWITCHBOARD_PUSH_CALLBACK_URL", &callback),
         ("SWITCHBOARD_PUSH_SECRET", "push-secret-for-tests"),
     ]);
-    broker.register("met", &m.url()).await;
+    let rec = broker.register("met", &m.url()).await;
+    let id = rec["registration_id"].as_str().unwrap_or("").to_string();
+    // A stream without usage: the broker estimates its tokens.
+    let (status, _, _) = request_raw(
+        "POST",
+        &format!("{}/v1/chat/completions", broker.url),
+        &[],
+        Some(chat("met", true)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = broker
         .call(
             "POST",
@@ -64,6 +74,20 @@ async fn metrics_pass_promtool_and_carry_process_series() {
         text.contains("switchboard_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.0001\"}"),
         "sub-millisecond buckets"
     );
+
+    let tokens = |kind: &str, estimated: bool| -> f64 {
+        let key = format!("switchboard_tokens_total{{model=\"met\",backend=\"{id}\",kind=\"{kind}\",estimated=\"{estimated}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("missing {key}"))
+    };
+    // Reported: the JSON answer's usage and the session turn's final usage chunk.
+    assert!(tokens("prompt", false) > 0.0);
+    assert!(tokens("completion", false) > 0.0);
+    // Estimated: the stream that carried no usage.
+    assert!(tokens("completion", true) > 0.0);
+    assert!(tokens("prompt", true) > 0.0);
 
     let Ok(mut child) = Command::new("promtool")
         .args(["check", "metrics"])
