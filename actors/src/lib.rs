@@ -20,6 +20,7 @@
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
 //! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
+//! - [`timeline`]: token arrival times per model, for `resync` snapshots of the token timeline.
 
 pub mod backend;
 pub mod buffer;
@@ -37,5 +38,6 @@ pub mod sessions;
 pub mod silence;
 pub mod sse;
 pub mod supervisor;
+pub mod timeline;
 pub mod upstream;
 pub mod url_policy;

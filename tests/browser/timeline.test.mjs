@@ -276,3 +276,49 @@ test('timeline: a `cleared` event empties the view (and a second tab when the se
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test('timeline: a tab that gets a `resync` (events no longer buffered) draws the same timeline', async (t) => {
+  if (!needSessions(t)) return;
+  // a tiny resume buffer, so a tab attaching from id 0 gets a `resync` instead of a replay
+  const small = await startBroker({ SWITCHBOARD_EVENT_BUFFER: '16' });
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  try {
+    const page = await context.newPage();
+    const frames = recordFrames(page);
+    await page.goto(`${small.url}/`);
+    await waitConnected(page);
+    const models = ['demo-fast', 'demo-stalls'];
+    await selectModels(page, models);
+    await sendPrompt(page, 'Resync me');
+    await waitTurnComplete(page, 30000);
+    const rid = await lastRequestId(page);
+    const want = expected(frames.turn(rid), models);
+    const seen = await page.evaluate((r) => window.__switchboard.timeline(r).json, rid);
+
+    const sid = await page.evaluate(() => window.__switchboard.state().session_id);
+    const other = await context.newPage();
+    const otherFrames = recordFrames(other);
+    await other.addInitScript((s) => { if (!sessionStorage.getItem('switchboard.session_id')) sessionStorage.setItem('switchboard.session_id', s); }, sid);
+    await other.goto(`${small.url}/`);
+    await waitConnected(other);
+    await until(() => otherFrames.all.some((e) => e.type === 'resync'), { message: 'the second tab gets a resync' });
+    const resync = otherFrames.all.find((e) => e.type === 'resync');
+    assert.ok(resync.snapshot['demo-stalls'].timeline, 'the snapshot carries the arrival times');
+    await until(async () => await rowTicks(other, rid, 'demo-stalls') === want['demo-stalls'].offsets.length, { message: 'redrawn from the snapshot' });
+    const rebuilt = await other.evaluate((r) => window.__switchboard.timeline(r).json, rid);
+    for (const m of models) {
+      assert.deepEqual(rebuilt.models[m].token_offsets_ms, want[m].offsets, `${m} offsets after resync`);
+      assert.deepEqual(rebuilt.models[m].stalls, seen.models[m].stalls);
+      assert.equal(rebuilt.models[m].ttft_ms, seen.models[m].ttft_ms);
+    }
+    assert.equal(await other.locator('[data-testid=timeline-note]').isVisible(), false, 'nothing is missing');
+    // the token text is there on hover too
+    const tl = other.locator(`[data-testid=timeline][data-request-id="${rid}"] [data-testid=timeline-svg]`);
+    await tl.focus();
+    const tip = await other.locator('[data-testid=timeline-tip]').textContent();
+    assert.match(tip, /token 1 of \d+.*“\[demo-/);
+  } finally {
+    await context.close();
+    await small.stop();
+  }
+});
