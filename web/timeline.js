@@ -8,8 +8,8 @@
 //   (`turn.tl`), built only from session events, so the page saves it with the rest of its view
 //   and a reload, a replay or a `resync` redraws exactly the same thing. Times are the server's
 //   `ts` values; offsets are `ts - t0`, never the browser's clock.
-// - Drawing (`Timelines`): one SVG per turn. Ticks are appended (one <line> each, batched per
-//   animation frame), never redrawn: the marks sit in a group drawn in milliseconds and scaled to
+// - Drawing (`Timelines`): one SVG per turn. Ticks are appended (one <path> of strokes per row
+//   per animation frame, `data-n` ticks each), never redrawn: the marks sit in a group drawn in milliseconds and scaled to
 //   pixels by one `transform` (strokes keep their width with `vector-effect`), so a growing time
 //   axis changes one attribute instead of moving thousands of ticks. Statistics and stall
 //   shading are recomputed at most every 250 ms while streaming.
@@ -291,7 +291,7 @@
     '.tl-label{fill:#1b2230;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;font-weight:600}',
     '.tl-grid{stroke:#dde1e7;stroke-width:1}.tl-axis-line{stroke:#98a2b3;stroke-width:1}',
     '.tl-axis-text{fill:#667085;font-size:11px}',
-    '.tl-tick{stroke:#4f46e5;stroke-width:1.2;vector-effect:non-scaling-stroke}',
+    '.tl-tick{fill:none;stroke:#4f46e5;stroke-width:1.2;vector-effect:non-scaling-stroke}',
     '.tl-ttft{stroke:#0f766e;stroke-width:2;vector-effect:non-scaling-stroke}',
     '.tl-stall{fill:#b45309;fill-opacity:.22}',
     '.tl-tool{fill:#0f766e;fill-opacity:.35}',
@@ -424,16 +424,15 @@
         }
         row.t0 = t0;
         if (data.ticks.length > row.drawn) {
-          const frag = document.createDocumentFragment();
+          // the ticks that arrived since the last frame, as one path of vertical strokes
           const y1 = row.y + 6;
-          const y2 = row.y + ROW_H - 6;
-          for (let i = row.drawn; i < data.ticks.length; i++) {
-            const x = data.ticks[i] - t0;
-            frag.append(el('line', { class: 'tl-tick', x1: x, x2: x, y1, y2 }));
-          }
-          row.ticks.append(frag);
+          const v = ROW_H - 12;
+          let d = '';
+          for (let i = row.drawn; i < data.ticks.length; i++) d += `M${data.ticks[i] - t0} ${y1}v${v}`;
+          row.ticks.append(el('path', { class: 'tl-tick', d, 'data-n': data.ticks.length - row.drawn }));
           row.drawn = data.ticks.length;
           row.drawnFirst = data.ticks[0];
+          row.g.setAttribute('data-ticks', String(row.drawn));
         }
         if (data.ticks.length) needed = Math.max(needed, data.ticks[data.ticks.length - 1] - t0);
         if (data.ttft !== null) {
