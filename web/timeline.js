@@ -33,7 +33,7 @@
   const NICE_DOMAINS = [200, 300, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000, 15000,
     20000, 30000, 45000, 60000, 90000, 120000, 180000, 240000, 300000, 450000, 600000];
   const AXIS_STEPS = [10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 15000, 20000,
-    30000, 60000, 120000, 300000, 600000];
+    30000, 60000, 75000, 120000, 150000, 300000, 600000];
 
   // ---------------------------------------------------------------------------------------------
   // Data
@@ -257,10 +257,11 @@
     return Math.ceil(ms / 300000) * 300000;
   }
 
+  /** The smallest step that leaves ~64 px per label, preferring one that ends on the axis end. */
   function axisStep(domain, width) {
     const maxLabels = Math.max(2, Math.floor(width / 64));
-    for (const s of AXIS_STEPS) if (domain / s <= maxLabels) return s;
-    return Math.ceil(domain / maxLabels / 60000) * 60000;
+    const fits = AXIS_STEPS.filter((s) => domain / s <= maxLabels);
+    return fits.find((s) => domain % s === 0) || fits[0] || Math.ceil(domain / maxLabels / 60000) * 60000;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -461,8 +462,10 @@
         }
         if (data.end && data.end.ts !== null) needed = Math.max(needed, data.end.ts - t0);
       }
-      if (this.owner.isRunning(this.turn)) needed = Math.max(needed, this.owner.liveOffset(t0));
-      const domain = niceDomain(Math.max(needed * 1.04, 1));
+      const running = this.owner.isRunning(this.turn);
+      if (running) needed = Math.max(needed, this.owner.liveOffset(t0));
+      // headroom while streaming, so the axis does not rescale at every token; none once ended
+      const domain = niceDomain(Math.max(running ? needed * 1.1 : needed, 1));
       if (domain !== this.domain || full) this.rescale(domain);
       const now = performance.now();
       if (full || now - this.lastStats >= STATS_EVERY_MS) this.updateStats();
@@ -547,7 +550,7 @@
           row.g.setAttribute('data-stalls', String(a.stalls.length));
         }
         const metrics = this.owner.metricsOf(this.turn, m) || {};
-        const endText = data.end ? ({ done: 'done', cancelled: 'stopped', error: 'error' }[data.end.kind] || data.end.kind) + (data.end.ts !== null ? ` at ${fmtOffset(data.end.ts - t0)}` : '') : (this.owner.isRunning(this.turn) ? 'streaming' : '—');
+        const endText = data.end ? ({ done: 'done', cancelled: 'stopped', error: 'error' }[data.end.kind] || data.end.kind) + (data.end.ts !== null ? ` at ${fmtDur(data.end.ts - t0)}` : '') : (this.owner.isRunning(this.turn) ? 'streaming' : '—');
         const tps = metrics.tps === null || metrics.tps === undefined ? '—' : metrics.tps.toFixed(1);
         const text = `${m}: ${data.ticks.length} tokens, TTFT ${fmtDur(data.ttft)}, gap p50 ${fmtDur(a.p50)}, p99 ${fmtDur(a.p99)}, ` +
           `${a.stalls.length ? `${a.stalls.length} stall${a.stalls.length > 1 ? 's' : ''}, longest ${fmtDur(a.longest)}` : 'no stall'}` +

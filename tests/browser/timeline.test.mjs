@@ -324,3 +324,54 @@ test('timeline: a tab that gets a `resync` (events no longer buffered) draws the
     await small.stop();
   }
 });
+
+test('timeline: axis labels stay readable from a 200 ms turn to a 5 min turn, wide and narrow', async (t) => {
+  if (!needSessions(t)) return;
+  const { page, problems, context } = await openPage(browser, `${broker.url}/`);
+  await waitConnected(page);
+  // turns fed to the page as events (their ts span is what matters, not the wall clock)
+  const feedTurn = (rid, spanMs) => page.evaluate(({ rid, spanMs }) => {
+    const feed = window.__switchboard.feed;
+    let id = window.__switchboard.state().last_event_id + 1;
+    const t0 = 1_700_000_000_000;
+    feed({ id: id++, type: 'ack', request_id: rid, models: ['m1', 'm2'], content: 'x', ts: t0 });
+    for (const m of ['m1', 'm2']) {
+      feed({ id: id++, type: 'ttft', request_id: rid, model: m, ms: Math.round(spanMs / 10), ts: t0 + spanMs / 10 });
+      for (let i = 1; i <= 20; i++) feed({ id: id++, type: 'token', request_id: rid, model: m, content: `w${i} `, ts: t0 + Math.round((spanMs * i) / 21) });
+      feed({ id: id++, type: 'done', request_id: rid, model: m, ttft_ms: Math.round(spanMs / 10), total_ms: spanMs, usage: { prompt_tokens: 1, completion_tokens: 20, total_tokens: 21, estimated: false }, finish_reason: 'stop', ts: t0 + spanMs });
+    }
+    feed({ id: id++, type: 'complete', request_id: rid, ts: t0 + spanMs });
+  }, { rid, spanMs });
+  const labels = async (rid) => {
+    await until(async () => (await page.locator(`[data-testid=timeline][data-request-id="${rid}"] .tl-axis-text`).count()) > 1, { message: `${rid} axis` });
+    return page.locator(`[data-testid=timeline][data-request-id="${rid}"] .tl-axis-text`).evaluateAll((els) => els.map((e) => {
+      const r = e.getBoundingClientRect();
+      return { text: e.textContent, left: r.left, right: r.right };
+    }));
+  };
+  const readable = (ls, what) => {
+    assert.ok(ls.length >= 3, `${what}: at least 3 labels (${ls.map((l) => l.text)})`);
+    for (let i = 1; i < ls.length; i++) assert.ok(ls[i].left >= ls[i - 1].right + 4, `${what}: labels do not overlap (${ls[i - 1].text} / ${ls[i].text})`);
+  };
+  await feedTurn('short', 180);
+  await feedTurn('long', 300000);
+  for (const width of [1440, 390]) {
+    await page.setViewportSize({ width, height: 900 });
+    await sleepFrames(page);
+    const short = await labels('short');
+    readable(short, `200 ms at ${width}px`);
+    assert.equal(short[short.length - 1].text, '200 ms');
+    const long = await labels('long');
+    readable(long, `5 min at ${width}px`);
+    assert.ok(long.every((l) => /^(0|\d+:\d\d)$/.test(l.text)), `m:ss labels: ${long.map((l) => l.text)}`);
+    assert.equal(long[long.length - 1].text, '5:00');
+    await page.locator('[data-testid=timeline][data-request-id="long"]').screenshot({ path: join(SHOTS_DIR, `timeline-5min-${width}.png`) });
+  }
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+/** Waits two animation frames (a resize is drawn on the next frame). */
+async function sleepFrames(page) {
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+}

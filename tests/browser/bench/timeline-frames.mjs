@@ -33,6 +33,10 @@ try {
     performance.clearMeasures('timeline-flush');
   });
   if (process.env.DETACH) await page.evaluate((sel) => { for (const e of document.querySelectorAll(sel)) e.remove(); }, process.env.DETACH);
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Performance.enable');
+  const metrics = async () => Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+  const m0 = await metrics();
   const t0 = Date.now();
   if (process.env.SYNTHETIC) {
     // the events a real turn produces, at the same pace, from inside the page
@@ -65,6 +69,8 @@ try {
   }
   await waitTurnComplete(page, 120000);
   const wall = Date.now() - t0;
+  const m1 = await metrics();
+  const busy = (k) => ((m1[k] - m0[k]) * 1000);
   const r = await page.evaluate(() => {
     const s = window.__perf;
     s.running = false;
@@ -90,6 +96,7 @@ try {
   console.log(`tokens recorded ${r.tokens}, ticks drawn ${r.ticks}`);
   console.log(`frames ${r.frames}: interval p50 ${f(r.frame_p50)} ms, p99 ${f(r.frame_p99)} ms, max ${f(r.frame_max)} ms; over 25 ms: ${r.over_25ms} (${(100 * r.over_25ms / r.frames).toFixed(2)} %), over 50 ms: ${r.over_50ms}`);
   console.log(`long tasks (> 50 ms): ${r.long_tasks}, longest ${f(r.long_task_max)} ms`);
+  console.log(`main thread busy ${(busy('TaskDuration') / wall * 100).toFixed(1)} % of the turn: script ${(busy('ScriptDuration') / wall * 100).toFixed(1)} %, layout ${(busy('LayoutDuration') / wall * 100).toFixed(1)} %, style ${(busy('RecalcStyleDuration') / wall * 100).toFixed(1)} % (load average ${(await import('node:os')).loadavg()[0].toFixed(1)} on ${(await import('node:os')).cpus().length} CPUs)`);
   console.log(`timeline flushes ${r.flushes}: p50 ${f(r.flush_p50)} ms, p99 ${f(r.flush_p99)} ms, max ${f(r.flush_max)} ms`);
 } finally {
   await browser.close();
