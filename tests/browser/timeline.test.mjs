@@ -289,7 +289,7 @@ test('timeline: a tab that gets a `resync` (events no longer buffered) draws the
     const frames = recordFrames(page);
     await page.goto(`${small.url}/`);
     await waitConnected(page);
-    const models = ['demo-fast', 'demo-stalls'];
+    const models = ['demo-fast', 'demo-tools'];
     await selectModels(page, models);
     await sendPrompt(page, 'Resync me');
     await waitTurnComplete(page, 30000);
@@ -305,14 +305,15 @@ test('timeline: a tab that gets a `resync` (events no longer buffered) draws the
     await waitConnected(other);
     await until(() => otherFrames.all.some((e) => e.type === 'resync'), { message: 'the second tab gets a resync' });
     const resync = otherFrames.all.find((e) => e.type === 'resync');
-    assert.ok(resync.snapshot['demo-stalls'].timeline, 'the snapshot carries the arrival times');
-    await until(async () => await rowTicks(other, rid, 'demo-stalls') === want['demo-stalls'].offsets.length, { message: 'redrawn from the snapshot' });
+    assert.ok(resync.snapshot['demo-fast'].timeline, 'the snapshot carries the arrival times');
+    await until(async () => await rowTicks(other, rid, 'demo-fast') === want['demo-fast'].offsets.length, { message: 'redrawn from the snapshot' });
     const rebuilt = await other.evaluate((r) => window.__switchboard.timeline(r).json, rid);
     for (const m of models) {
       assert.deepEqual(rebuilt.models[m].token_offsets_ms, want[m].offsets, `${m} offsets after resync`);
       assert.deepEqual(rebuilt.models[m].stalls, seen.models[m].stalls);
       assert.equal(rebuilt.models[m].ttft_ms, seen.models[m].ttft_ms);
     }
+    assert.deepEqual(rebuilt.models['demo-tools'].tool_spans, seen.models['demo-tools'].tool_spans, 'tool spans from the snapshot');
     assert.equal(await other.locator('[data-testid=timeline-note]').isVisible(), false, 'nothing is missing');
     // the token text is there on hover too
     const tl = other.locator(`[data-testid=timeline][data-request-id="${rid}"] [data-testid=timeline-svg]`);
@@ -375,3 +376,55 @@ test('timeline: axis labels stay readable from a 200 ms turn to a 5 min turn, wi
 async function sleepFrames(page) {
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
 }
+
+test('timeline: stopped and failed models are marked where they ended', async (t) => {
+  if (!needSessions(t)) return;
+  const { page, problems, context } = await openPage(browser, `${broker.url}/`);
+  await waitConnected(page);
+  await page.evaluate(() => {
+    const feed = window.__switchboard.feed;
+    let id = window.__switchboard.state().last_event_id + 1;
+    const t0 = 1_700_000_000_000;
+    const rid = 'ends';
+    feed({ id: id++, type: 'ack', request_id: rid, models: ['ok', 'stopped', 'failed'], content: 'x', ts: t0 });
+    for (const m of ['ok', 'stopped', 'failed']) for (let i = 1; i <= 5; i++) feed({ id: id++, type: 'token', request_id: rid, model: m, content: 'w ', ts: t0 + i * 100 });
+    feed({ id: id++, type: 'cancelled', request_id: rid, model: 'stopped', ts: t0 + 700 });
+    feed({ id: id++, type: 'error', request_id: rid, model: 'failed', code: 'upstream_error', message: 'backend went away', retryable: true, ts: t0 + 900 });
+    feed({ id: id++, type: 'done', request_id: rid, model: 'ok', ttft_ms: 100, total_ms: 1000, usage: { prompt_tokens: 1, completion_tokens: 5, total_tokens: 6, estimated: false }, finish_reason: 'stop', ts: t0 + 1000 });
+    feed({ id: id++, type: 'complete', request_id: rid, ts: t0 + 1000 });
+  });
+  const tl = page.locator('[data-testid=timeline][data-request-id="ends"]');
+  await until(async () => (await tl.locator('[data-testid=timeline-end]').count()) === 2, { message: 'two end marks' });
+  const marks = await tl.locator('[data-testid=timeline-end]').evaluateAll((els) => els.map((e) => [e.dataset.model, e.dataset.kind, Number(e.dataset.ms)]));
+  assert.deepEqual(marks, [['stopped', 'cancelled', 700], ['failed', 'error', 900]]);
+  assert.match(await tl.locator('[data-testid=timeline-end][data-kind=error] title').textContent(), /failed: backend went away at 900 ms/);
+  const json = await page.evaluate(() => window.__switchboard.timeline('ends').json);
+  assert.deepEqual(json.models.stopped.end, { state: 'cancelled', at_ms: 700 });
+  assert.deepEqual(json.models.failed.end, { state: 'error', at_ms: 900 });
+  assert.deepEqual(json.models.ok.end, { state: 'done', at_ms: 1000 });
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('timeline: the /sse page draws the same timeline (a tick per streamed token)', async (t) => {
+  if (!needSessions(t)) return;
+  const { page, problems, context } = await openPage(browser, `${broker.url}/sse`);
+  await waitConnected(page);
+  assert.equal(await page.getAttribute('body', 'data-transport'), 'sse');
+  await selectModels(page, ['demo-fast', 'demo-tools']);
+  await sendPrompt(page, 'Over SSE');
+  await waitTurnComplete(page, 30000);
+  const rid = await lastRequestId(page);
+  const view = await page.evaluate(() => window.__switchboard.view());
+  const turn = view.turns.find((x) => x.request_id === rid);
+  // the mock sends one token per word and reports the count itself
+  const words = turn.results['demo-fast'].usage.completion_tokens;
+  assert.ok(words > 5);
+  await until(async () => await rowTicks(page, rid, 'demo-fast') === words, { timeout: 3000, message: 'a tick per token over SSE' });
+  assert.equal(await page.locator(`[data-testid=timeline][data-request-id="${rid}"] [data-testid=timeline-row][data-model="demo-tools"] [data-testid=timeline-tool]`).count(), 2);
+  const json = await page.evaluate((r) => window.__switchboard.timeline(r).json, rid);
+  assert.equal(json.models['demo-fast'].token_offsets_ms.length, words);
+  assert.ok(json.models['demo-fast'].token_offsets_ms.every((o, i, a) => o >= 0 && (i === 0 || o >= a[i - 1])), 'offsets from the send, in order');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
