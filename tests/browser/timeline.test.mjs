@@ -194,6 +194,8 @@ test('timeline: a 4-model turn draws one tick per token event, TTFT, the stall a
   assert.match(await svg.getAttribute('aria-label'), /demo-stalls: \d+ tokens, TTFT \d+ ms, gap p50 \d+ ms, p99 [\d.]+ (ms|s), 1 stall, longest 1\.\d\d s/);
 
   await page.mouse.move(0, 0);
+  await svg.evaluate((e) => e.blur());
+  assert.equal(await tip.isVisible(), false, 'the tip goes with the focus');
   await tl.scrollIntoViewIfNeeded();
   await tl.screenshot({ path: join(SHOTS_DIR, 'timeline-light.png') });
   await page.setViewportSize({ width: 390, height: 844 });
@@ -228,7 +230,12 @@ test('timeline: a reload mid-turn and after it redraws the same ticks', async (t
   await until(async () => {
     for (const m of models) if (await rowTicks(page, rid, m) !== want[m].offsets.length) return false;
     return true;
-  }, { timeout: 3000, message: 'one tick per token event after the reload' });
+  }, { timeout: 5000, message: 'one tick per token event after the reload' }).catch(async (e) => {
+    const v = await page.evaluate((r) => { const t = window.__switchboard.view().turns.find((x) => x.request_id === r); return t && Object.fromEntries(Object.entries(t.tl.rows).map(([m, row]) => [m, row.ticks.length])); }, rid);
+    const drawn = {};
+    for (const m of models) drawn[m] = await rowTicks(page, rid, m);
+    throw new Error(`${e.message}; events ${JSON.stringify(Object.fromEntries(models.map((m) => [m, want[m].offsets.length])))}, data ${JSON.stringify(v)}, drawn ${JSON.stringify(drawn)}`);
+  });
   const before = await page.evaluate((r) => window.__switchboard.timeline(r).json, rid);
   for (const m of models) assert.deepEqual(before.models[m].token_offsets_ms, want[m].offsets, m);
   assert.equal(before.models['demo-stalls'].stalls.length, 1);
