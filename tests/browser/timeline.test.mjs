@@ -6,7 +6,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { writeFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
@@ -150,6 +150,17 @@ test('timeline: a 4-model turn draws one tick per token event, TTFT, the stall a
   }
   assert.equal(exp.json.models['demo-stalls'].stalls.length, 1);
   assert.ok(exp.json.models['demo-stalls'].stalls[0].gap_ms >= 1400);
+  // the buttons download the same documents
+  let download = page.waitForEvent('download');
+  await tl.locator('[data-testid=timeline-export-json]').click();
+  let saved = await download;
+  assert.match(saved.suggestedFilename(), /^timeline-.*\.json$/);
+  assert.deepEqual(JSON.parse(readFileSync(await saved.path(), 'utf8')), exp.json);
+  download = page.waitForEvent('download');
+  await tl.locator('[data-testid=timeline-export-svg]').click();
+  saved = await download;
+  assert.match(saved.suggestedFilename(), /^timeline-.*\.svg$/);
+  assert.equal(readFileSync(await saved.path(), 'utf8'), exp.svg);
   assert.deepEqual(exp.json.models['demo-tools'].tool_spans.map((s) => s.name), want['demo-tools'].tools);
 
   // SVG export: well-formed, standalone (own styles, no reference to the page), opens on its own
@@ -432,6 +443,29 @@ test('timeline: the /sse page draws the same timeline (a tick per streamed token
   const json = await page.evaluate((r) => window.__switchboard.timeline(r).json, rid);
   assert.equal(json.models['demo-fast'].token_offsets_ms.length, words);
   assert.ok(json.models['demo-fast'].token_offsets_ms.every((o, i, a) => o >= 0 && (i === 0 || o >= a[i - 1])), 'offsets from the send, in order');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('timeline: a resync snapshot without arrival times keeps what the page saw and says so', async (t) => {
+  if (!needSessions(t)) return;
+  const { page, problems, context } = await openPage(browser, `${broker.url}/`);
+  await waitConnected(page);
+  await page.evaluate(() => {
+    const feed = window.__switchboard.feed;
+    let id = window.__switchboard.state().last_event_id + 1;
+    const t0 = 1_700_000_000_000;
+    feed({ id: id++, type: 'ack', request_id: 'old', models: ['m'], content: 'x', ts: t0 });
+    for (let i = 1; i <= 3; i++) feed({ id: id++, type: 'token', request_id: 'old', model: 'm', content: 'w ', ts: t0 + i * 50 });
+    // an older broker's snapshot: content, state and metrics only
+    feed({ type: 'resync', request_id: 'old', snapshot: { m: { content: 'w w w w w ', state: 'done', metrics: { ttft_ms: 50, total_ms: 300 } } } });
+  });
+  const tl = page.locator('[data-testid=timeline][data-request-id="old"]');
+  await until(async () => await tl.locator('[data-testid=timeline-note]').isVisible(), { message: 'the note' });
+  assert.match(await tl.locator('[data-testid=timeline-note]').textContent(), /were not kept by the server/);
+  assert.equal(await rowTicks(page, 'old', 'm'), 3, 'the ticks the page saw stay');
+  const json = await page.evaluate(() => window.__switchboard.timeline('old').json);
+  assert.equal(json.models.m.complete, false);
   assert.deepEqual(problems, []);
   await context.close();
 });
