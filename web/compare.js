@@ -518,6 +518,7 @@
   // check reads every panel's scroll position before any write: one layout per frame instead of
   // one per token (at 4 × 100 tokens/s the per-token version cost most of each frame).
   const pendingText = new Map(); // cell -> {p, text}
+  const TEXT_EVERY_MS = 30;
   let textFrame = 0;
 
   function appendToken(turn, model, content) {
@@ -530,7 +531,12 @@
     if (!textFrame) textFrame = requestAnimationFrame(flushText);
   }
 
-  function flushText() {
+  let lastTextFlush = 0;
+  function flushText(now) {
+    // at most ~30 text updates a second: streaming reads the same, and each update costs a
+    // layout and a repaint of the growing answers
+    if (now - lastTextFlush < TEXT_EVERY_MS) { textFrame = requestAnimationFrame(flushText); return; }
+    lastTextFlush = now;
     textFrame = 0;
     const entries = [...pendingText.entries()];
     pendingText.clear();
