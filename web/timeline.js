@@ -8,10 +8,12 @@
 //   (`turn.tl`), built only from session events, so the page saves it with the rest of its view
 //   and a reload, a replay or a `resync` redraws exactly the same thing. Times are the server's
 //   `ts` values; offsets are `ts - t0`, never the browser's clock.
-// - Drawing (`Timelines`): one SVG per turn. Ticks are appended (one <path> of strokes per row
-//   per animation frame, `data-n` ticks each), never redrawn: the marks sit in a group drawn in milliseconds and scaled to
-//   pixels by one `transform` (strokes keep their width with `vector-effect`), so a growing time
-//   axis changes one attribute instead of moving thousands of ticks. Statistics and stall
+// - Drawing (`Timelines`): one SVG per turn. Ticks are appended, never redrawn: each drawing
+//   (at most ~30 a second, on an animation frame) adds one <path> of strokes per row (`data-n`
+//   ticks each), and a row's paths are merged into one every MERGE_PATHS drawings, so the page
+//   paints a handful of elements, not thousands. The marks sit in a group drawn in milliseconds
+//   and scaled to pixels by one `transform` (strokes keep their width with `vector-effect`), so a
+//   growing time axis changes one attribute instead of moving every tick. Statistics and stall
 //   shading are recomputed at most every 250 ms while streaming.
 //
 // No inline styles (the page runs under `default-src 'self'`): colours come from classes in
