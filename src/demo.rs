@@ -9,8 +9,15 @@ use switchboard_actors::supervisor::{AddDemo, HealthSupervisor};
 
 /// The demo models. The mock picks behaviour from keywords in the name: a plain fast model,
 /// a slow thinker (`slow`: long time to first token), one that calls tools, one that sometimes
-/// fails (`flaky`).
-pub const DEMO_MODELS: &[&str] = &["demo-fast", "demo-slow-thinker", "demo-tools", "demo-flaky"];
+/// fails (`flaky`), and one that pauses mid-answer (`stalls`: 60 tokens, a 1.5 s stall, 60 more),
+/// so the token timeline shows a stall on the first try.
+pub const DEMO_MODELS: &[&str] = &[
+    "demo-fast",
+    "demo-slow-thinker",
+    "demo-tools",
+    "demo-flaky",
+    "demo-stalls",
+];
 /// Pace of demo tokens, so streaming is visible to a person.
 const DEMO_TOKEN_DELAY: Duration = Duration::from_millis(35);
 

@@ -29,7 +29,9 @@
   const SILENCE_LIMIT_MS = 45000;
   const VIEW_SAVE_LIMIT = 2000000; // characters of JSON kept in sessionStorage
   const SSE_EVENT_TYPES = ['session', 'ack', 'start', 'ttft', 'token', 'tool_start', 'tool_end', 'done',
-    'error', 'cancelled', 'complete', 'resync', 'heartbeat', 'pong'];
+    'error', 'cancelled', 'complete', 'cleared', 'resync', 'heartbeat', 'pong'];
+  /** Events the token timeline is built from (timeline.js). */
+  const TIMELINE_EVENTS = new Set(['ack', 'ttft', 'token', 'tool_start', 'tool_end', 'done', 'error', 'cancelled']);
   const TERMINAL = new Set(['done', 'error', 'cancelled', 'unknown']);
 
   const $ = (id) => document.getElementById(id);
@@ -37,7 +39,7 @@
     conn: $('conn'), connText: $('conn-text'), retry: $('retry-now'),
     models: $('models'), refreshModels: $('refresh-models'),
     notice: $('notice'), noticeText: $('notice-text'), noticeClose: $('notice-close'),
-    panels: $('panels'), empty: $('empty-state'),
+    panels: $('panels'), empty: $('empty-state'), timelines: $('timelines'),
     form: $('composer'), prompt: $('prompt'), send: $('send'), stop: $('stop'), clear: $('clear'),
     temperature: $('temperature'), maxTokens: $('max-tokens'),
     sessionId: $('session-id'), transport: $('transport-label'),
@@ -104,6 +106,7 @@
   //                   results: { model: Result } }
   // Result = { state: sending|waiting|streaming|done|error|cancelled|unknown, text, tokens,
   //            backend, ttft_ms, total_ms, usage, finish_reason, error, tools: [...] }
+  // turn.tl = the token timeline's data (timeline.js): arrival times from the events' `ts`.
 
   let view = { session_id: null, last_event_id: 0, turns: [] };
 
@@ -254,6 +257,16 @@
 
   const panels = new Map(); // model -> {root, status, stopBtn, metrics:{...}, backend, transcript, cells: Map}
 
+  // The token-arrival timelines under the panels, one per turn (timeline.js).
+  const timelines = new window.SwitchboardTimeline.Timelines(ui.timelines, {
+    metricsOf: (turn, model) => {
+      const r = turn.results[model];
+      return r ? { ttft_ms: r.ttft_ms, total_ms: r.total_ms, tps: tokensPerSecond(r) } : null;
+    },
+    textOf: (turn, model) => (turn.results[model] ? turn.results[model].text : null),
+    isRunning: (turn) => !turn.complete && turn.models.some((m) => turn.results[m] && !TERMINAL.has(turn.results[m].state)),
+  });
+
   function panelModels() {
     const out = [];
     for (const t of view.turns) for (const m of t.models) if (!out.includes(m)) out.push(m);
@@ -314,6 +327,7 @@
     }
     ui.panels.dataset.count = String(models.length);
     renderBest();
+    timelines.sync(view.turns);
   }
 
   function latestResult(model) {
@@ -443,6 +457,7 @@
     cell.prompt.textContent = turn.prompt === null ? '(prompt not known here: sent from another tab or restored from the server)' : turn.prompt;
     cell.prompt.classList.toggle('unknown', turn.prompt === null);
     if (cell.textNode.data !== r.text) cell.textNode.data = r.text;
+    pendingText.delete(cell); // r.text already holds any text queued for the next frame
     cell.text.classList.toggle('empty', !r.text);
     cell.caret.hidden = r.state !== 'streaming';
     let status = '';
@@ -499,14 +514,39 @@
     cell.tools.replaceChildren(h('div', { class: 'tools-title' }, `Tool calls (${r.tools.length})`), ...rows);
   }
 
+  // Streamed text is appended once per animation frame per answer, and the "stick to the bottom"
+  // check reads every panel's scroll position before any write: one layout per frame instead of
+  // one per token (at 4 × 100 tokens/s the per-token version cost most of each frame).
+  const pendingText = new Map(); // cell -> {p, text}
+  const TEXT_EVERY_MS = 30;
+  let textFrame = 0;
+
   function appendToken(turn, model, content) {
     const p = panels.get(model);
     const cell = p && p.cells.get(turn.request_id);
     if (!cell) { renderPanels(); return; }
-    const stick = isNearBottom(p.transcript);
-    cell.textNode.appendData(content);
-    cell.text.classList.remove('empty');
-    if (stick) p.transcript.scrollTop = p.transcript.scrollHeight;
+    const queued = pendingText.get(cell);
+    if (queued) queued.text += content;
+    else pendingText.set(cell, { p, text: content });
+    if (!textFrame) textFrame = requestAnimationFrame(flushText);
+  }
+
+  let lastTextFlush = 0;
+  function flushText(now) {
+    // at most ~30 text updates a second: streaming reads the same, and each update costs a
+    // layout and a repaint of the growing answers
+    if (now - lastTextFlush < TEXT_EVERY_MS) { textFrame = requestAnimationFrame(flushText); return; }
+    lastTextFlush = now;
+    textFrame = 0;
+    const entries = [...pendingText.entries()];
+    pendingText.clear();
+    const stick = new Map();
+    for (const [, e] of entries) if (!stick.has(e.p)) stick.set(e.p, isNearBottom(e.p.transcript));
+    for (const [cell, e] of entries) {
+      cell.textNode.appendData(e.text);
+      cell.text.classList.remove('empty');
+    }
+    for (const [p, s] of stick) if (s) p.transcript.scrollTop = p.transcript.scrollHeight;
   }
 
   function isNearBottom(box) {
@@ -629,9 +669,24 @@
         }
         break;
       case 'resync': onResync(ev); break;
+      case 'cleared': onCleared(); break;
       default: break; // heartbeat, pong, future types
     }
+    if (ev.request_id && TIMELINE_EVENTS.has(ev.type)) {
+      const t = findTurn(ev.request_id);
+      if (t) timelines.record(t, ev);
+    }
     updateComposer();
+  }
+
+  /** The history was cleared by any connection of the session (SPEC §4.2): empty the view. */
+  function onCleared() {
+    view.turns = [];
+    for (const p of panels.values()) p.root.remove();
+    panels.clear();
+    timelines.clear();
+    renderPanels();
+    saveView();
   }
 
   function onError(ev, turn, r) {
@@ -670,6 +725,7 @@
     if (['done', 'complete', 'completed', 'finished', 'ok'].includes(v)) return 'done';
     if (['error', 'failed', 'failure'].includes(v)) return 'error';
     if (['cancelled', 'canceled', 'stopped'].includes(v)) return 'cancelled';
+    if (v === 'interrupted') return 'unknown'; // in flight when the broker stopped (SPEC §4.4)
     if (['streaming', 'running', 'started', 'active', 'in_progress'].includes(v)) return 'streaming';
     return 'waiting'; // pending
   }
@@ -706,6 +762,7 @@
         r.tools = tools.map((t) => ({ id: t.tool_call_id || t.id, name: t.name, arguments: t.arguments ?? null,
           ms: typeof t.ms === 'number' ? t.ms : null, start_ts: t.ts || t.start_ts || null, state: typeof t.ms === 'number' ? 'done' : 'running' }));
       }
+      timelines.fromSnapshot(turn, model, s);
     }
     turn.complete = turn.models.every((m) => TERMINAL.has(turn.results[m].state));
     // rebuild this turn's cells from scratch
@@ -1121,6 +1178,7 @@
     view.turns = [];
     for (const p of panels.values()) { p.root.remove(); }
     panels.clear();
+    timelines.clear();
     hideNotice();
     renderPanels();
     updateComposer();
@@ -1179,6 +1237,13 @@
       last_event_id: view.last_event_id,
     }),
     view: () => JSON.parse(JSON.stringify(view)),
+    /** The timeline exports of a turn (what the SVG / JSON buttons download). */
+    timeline: (requestId) => {
+      const v = timelines.view(requestId || (view.turns.length ? view.turns[view.turns.length - 1].request_id : ''));
+      return v ? { json: v.exportJson(), svg: v.exportSvg() } : null;
+    },
+    /** Feeds an event as if the server had sent it (the timeline's frame-time measurement). */
+    feed: (ev) => handleEvent(ev),
   };
 
   restoreView();

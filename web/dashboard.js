@@ -123,6 +123,7 @@
       return;
     }
     setStore(KEY_ADMIN, key);
+    if (pendingDetail) { const id = pendingDetail; pendingDetail = null; openDetail(id); }
     $('key-gate').hidden = true;
     $('app').hidden = false;
     $('forget-key').hidden = false;
@@ -156,12 +157,22 @@
 
   const TABS = ['servers', 'models', 'register', 'playground'];
   function showTab(name) {
+    // `#server/{id}` deep-links to a server's detail
+    const deep = /^server\/(.+)$/.exec(name || '');
+    if (deep) {
+      const id = decodeURIComponent(deep[1]);
+      showTab('servers');
+      if (adminKey && selectedId !== id) openDetail(id);
+      else pendingDetail = id;
+      return;
+    }
     if (!TABS.includes(name)) name = 'servers';
     for (const t of TABS) {
       $(`tab-${t}`).hidden = t !== name;
       $(`tab-btn-${t}`).setAttribute('aria-selected', String(t === name));
     }
-    if (location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
+    const keepDeepLink = name === 'servers' && selectedId && location.hash === `#server/${encodeURIComponent(selectedId)}`;
+    if (location.hash !== `#${name}` && !keepDeepLink) history.replaceState(null, '', `#${name}`);
     if (name === 'models' || name === 'playground') refreshModels();
   }
   for (const b of document.querySelectorAll('[data-tab]')) b.addEventListener('click', () => showTab(b.dataset.tab));
@@ -170,8 +181,12 @@
   // ---------------------------------------------------------------------------------------------
   // Summary cards
 
+  /** Queue depth per model from `/admin/stats` (`queues`); null when the broker reports none. */
+  let queues = null;
+
   async function refreshStats() {
     const s = await api('GET', '/admin/stats');
+    queues = s && s.queues && typeof s.queues === 'object' ? s.queues : null;
     $('stat-servers').textContent = String(s.servers ?? '—');
     $('stat-servers-sub').textContent = s.active !== undefined ? `${s.active} active` : '';
     $('stat-healthy').textContent = String(s.healthy ?? '—');
@@ -194,6 +209,7 @@
   // Servers table
 
   let servers = [];
+  let pendingDetail = null; // a deep-linked server to open once unlocked
   let sortKey = 'model_name';
   let sortDir = 1;
   let selectedId = null;
@@ -240,6 +256,7 @@
       if (b.dataset.sort === sortKey) th.setAttribute('aria-sort', sortDir > 0 ? 'ascending' : 'descending');
       else th.removeAttribute('aria-sort');
     }
+    $('queue-col').hidden = !queues;
     const body = $('servers-body');
     body.replaceChildren(...rows.map(serverRow));
     $('servers-empty').hidden = rows.length > 0;
@@ -251,6 +268,15 @@
     const health = healthOf(s);
     const label = health === 'inactive' ? 'inactive' : health;
     return h('span', { class: `health health-${health}`, 'data-testid': 'server-health' }, h('span', { class: 'dot', 'aria-hidden': 'true' }), label);
+  }
+
+  /** "in flight / limit" (SPEC §2.1 `max_concurrency`), just the count when unlimited. */
+  function inFlightText(s) {
+    const n = String(s.in_flight ?? 0);
+    return typeof s.max_concurrency === 'number' ? `${n} / ${s.max_concurrency}` : n;
+  }
+  function limitTitle(s) {
+    return typeof s.max_concurrency === 'number' ? `${s.in_flight ?? 0} in flight of at most ${s.max_concurrency}` : 'no concurrency limit';
   }
 
   function serverRow(s) {
@@ -269,7 +295,8 @@
     h('td', { class: 'num' }, fmtRate(s.success_rate)),
     h('td', { title: fmtTime(s.last_checked_at) }, fmtAgo(s.last_checked_at)),
     h('td', { class: 'num' }, String(s.requests_routed ?? 0)),
-    h('td', { class: 'num' }, String(s.in_flight ?? 0)));
+    h('td', { class: 'num', 'data-testid': 'server-in-flight', title: limitTitle(s) }, inFlightText(s)),
+    queues ? h('td', { class: 'num', 'data-testid': 'server-queue', title: `requests of ${s.model_name} waiting for a free backend` }, String(queues[s.model_name] ?? 0)) : null);
     tr.addEventListener('click', (e) => { if (e.target === tr || e.target.tagName === 'TD') openDetail(s.registration_id); });
     return tr;
   }
@@ -291,6 +318,7 @@
 
   async function openDetail(id) {
     selectedId = id;
+    if (location.hash !== `#server/${encodeURIComponent(id)}`) history.replaceState(null, '', `#server/${encodeURIComponent(id)}`);
     deleteArmed(false);
     $('detail-action-result').textContent = '';
     $('detail').hidden = false;
@@ -303,6 +331,7 @@
     selectedId = null;
     detail = null;
     $('detail').hidden = true;
+    if (location.hash.startsWith('#server/')) history.replaceState(null, '', '#servers');
     renderServers();
   }
   $('detail-close').addEventListener('click', closeDetail);
@@ -326,8 +355,12 @@
     $('detail-title').textContent = s.model_name;
     $('detail-badges').replaceChildren(...[healthCell(s), s.demo ? h('span', { class: 'tag' }, 'demo') : null].filter(Boolean));
     const fields = [
-      ['Registration id', s.registration_id, 'mono'],
-      ['Endpoint', s.endpoint_url, 'mono'],
+      ['Registration id', copyable(s.registration_id, 'copy-id'), 'mono'],
+      ['Endpoint', copyable(s.endpoint_url, 'copy-url'), 'mono'],
+      ['Link', copyable(`${location.origin}/dashboard#server/${encodeURIComponent(s.registration_id)}`, 'copy-link'), 'mono'],
+      ['Max concurrency', typeof s.max_concurrency === 'number' ? `${s.in_flight ?? 0} in flight of ${s.max_concurrency}` : 'unlimited'],
+      ['Upstream model', s.upstream_model || 'same as the model name'],
+      ['Health check', s.health_check || 'models'],
       ['Owner', s.owner || '—'],
       ['Description', s.description || '—'],
       ['API key', s.has_api_key ? 'set (hidden)' : 'none'],
@@ -349,6 +382,33 @@
       $(id).title = s.demo ? 'built-in demo entries cannot be changed' : '';
     }
     renderHistory(s.health_history || []);
+  }
+
+  /** A value with a copy button (registration id, URL). */
+  function copyable(text, testid) {
+    const btn = h('button', { type: 'button', class: 'link-button copy', 'data-testid': testid, title: 'copy to the clipboard' }, 'copy');
+    btn.addEventListener('click', async () => {
+      const ok = await copyText(text);
+      btn.textContent = ok ? 'copied' : 'copy failed';
+      setTimeout(() => { btn.textContent = 'copy'; }, 1500);
+    });
+    const frag = document.createDocumentFragment();
+    frag.append(h('span', { class: 'copy-value' }, text), ' ', btn);
+    return frag;
+  }
+
+  async function copyText(text) {
+    try {
+      if (navigator.clipboard && window.isSecureContext) { await navigator.clipboard.writeText(text); return true; }
+    } catch (_) { /* fall back below */ }
+    const ta = h('textarea', { class: 'visually-hidden', readonly: true });
+    ta.value = text;
+    document.body.append(ta);
+    ta.select();
+    let ok = false;
+    try { ok = document.execCommand('copy'); } catch (_) { ok = false; }
+    ta.remove();
+    return ok;
   }
 
   /** Health history: one bar per check, height = latency (failed checks: full red bar). */
@@ -456,6 +516,9 @@
     $('reg-url').value = s.endpoint_url;
     $('reg-owner').value = s.owner || '';
     $('reg-description').value = s.description || '';
+    $('reg-max-concurrency').value = typeof s.max_concurrency === 'number' ? String(s.max_concurrency) : '';
+    $('reg-upstream-model').value = s.upstream_model || '';
+    $('reg-health-check').value = s.health_check === 'passive' ? 'passive' : 'models';
     $('reg-key').placeholder = s.has_api_key ? 'unchanged (a key is set)' : 'none';
     $('reg-clear-key-row').hidden = !s.has_api_key;
     $('reg-submit').textContent = 'Save (tests a new URL or key)';
@@ -474,7 +537,16 @@
 
   function formValues() {
     const v = (id) => $(id).value.trim();
-    return { model_name: v('reg-model'), endpoint_url: v('reg-url'), api_key: v('reg-key'), owner: v('reg-owner'), description: v('reg-description') };
+    return { model_name: v('reg-model'), endpoint_url: v('reg-url'), api_key: v('reg-key'), owner: v('reg-owner'), description: v('reg-description'),
+      max_concurrency: v('reg-max-concurrency'), upstream_model: v('reg-upstream-model'), health_check: $('reg-health-check').value };
+  }
+
+  /** Where the health check goes (SPEC §3.1 base-URL rule): `/v1` is added unless the path ends in a version. */
+  function modelsUrl(base) {
+    const b = base.replace(/\/+$/, '');
+    let path = '';
+    try { path = new URL(b).pathname.replace(/\/+$/, ''); } catch (_) { return `${b}/v1/models`; }
+    return /\/v\d+(\/openai)?$/.test(path) ? `${b}/models` : `${b}/v1/models`;
   }
 
   function validate(f) {
@@ -484,6 +556,8 @@
     try { u = new URL(f.endpoint_url); } catch (_) { return 'Endpoint URL is not a valid URL (e.g. http://10.0.0.7:11434).'; }
     if (u.protocol !== 'http:' && u.protocol !== 'https:') return 'Endpoint URL must start with http:// or https://.';
     if (u.username || u.password) return 'Put credentials in the API key field, not in the URL.';
+    if (f.max_concurrency !== '' && !/^\d+$/.test(f.max_concurrency)) return 'Max concurrency must be a whole number from 1 to 10000 (or empty for unlimited).';
+    if (f.max_concurrency !== '' && (Number(f.max_concurrency) < 1 || Number(f.max_concurrency) > 10000)) return 'Max concurrency must be from 1 to 10000 (or empty for unlimited).';
     return null;
   }
 
@@ -493,7 +567,7 @@
     if (problem) { setResult('fail', problem); return; }
     const busy = [$('reg-submit'), $('reg-unverified')];
     busy.forEach((b) => { b.disabled = true; });
-    setResult('pending', verify ? `Testing ${f.endpoint_url}/v1/models from the switchboard server…` : 'Saving…');
+    setResult('pending', verify ? `Testing ${modelsUrl(f.endpoint_url)} from the switchboard server…` : 'Saving…');
     try {
       let rec;
       if (!editing) {
@@ -501,6 +575,9 @@
         if (f.api_key) body.api_key = f.api_key;
         if (f.owner) body.owner = f.owner;
         if (f.description) body.description = f.description;
+        if (f.max_concurrency !== '') body.max_concurrency = Number(f.max_concurrency);
+        if (f.upstream_model) body.upstream_model = f.upstream_model;
+        if (f.health_check && f.health_check !== 'models') body.health_check = f.health_check;
         rec = await api('POST', '/admin/register', body);
       } else {
         const body = { verify };
@@ -510,6 +587,10 @@
         if (f.description !== (editing.description || '')) body.description = f.description || null;
         if (f.api_key) body.api_key = f.api_key;
         else if ($('reg-clear-key').checked) body.api_key = null;
+        const limit = f.max_concurrency === '' ? null : Number(f.max_concurrency);
+        if (limit !== (typeof editing.max_concurrency === 'number' ? editing.max_concurrency : null)) body.max_concurrency = limit;
+        if (f.upstream_model !== (editing.upstream_model || '')) body.upstream_model = f.upstream_model || null;
+        if (f.health_check !== (editing.health_check || 'models')) body.health_check = f.health_check;
         rec = await api('PUT', `/admin/register/${encodeURIComponent(editing.registration_id)}`, body);
       }
       const wasEdit = !!editing;
@@ -573,22 +654,31 @@
       if (s.owner) e.owners.add(s.owner);
       byModel.set(s.model_name, e);
     }
+    const q = $('models-filter').value.trim().toLowerCase();
+    const want = $('models-health').value;
     const rows = models.map((m) => {
       const agg = byModel.get(m.id) || { routed: 0, owners: new Set(), total: 0, healthy: 0 };
       const backends = m.backends ?? agg.total;
       const healthy = m.healthy_backends ?? agg.healthy;
+      const pct = backends ? Math.round((100 * healthy) / backends) : null;
+      const level = pct === null || healthy === 0 ? 'down' : healthy === backends ? 'healthy' : 'degraded';
+      if (q && !m.id.toLowerCase().includes(q) && ![...agg.owners].some((o) => o.toLowerCase().includes(q))) return null;
+      if (want && want !== level) return null;
       const tryBtn = h('button', { type: 'button', class: 'link-button' }, 'playground');
       tryBtn.addEventListener('click', () => { showTab('playground'); $('pg-model').value = m.id; $('pg-message').focus(); });
       return h('tr', { 'data-testid': 'model-row', 'data-model': m.id },
         h('td', null, h('span', { class: `health health-${healthy > 0 ? 'healthy' : 'unhealthy'}` }, h('span', { class: 'dot', 'aria-hidden': 'true' }), m.id)),
         h('td', { class: 'num' }, String(backends)),
         h('td', { class: 'num' }, String(healthy)),
+        h('td', { class: 'num', 'data-testid': 'model-health-pct', 'data-level': level }, pct === null ? '—' : `${pct} %`),
         h('td', { class: 'num' }, String(agg.routed)),
         h('td', null, agg.owners.size ? [...agg.owners].join(', ') : '—'),
         h('td', null, h('a', { href: `/?models=${encodeURIComponent(m.id)}` }, 'compare'), ' · ', tryBtn));
     });
-    $('models-body').replaceChildren(...rows);
-    $('models-empty').hidden = rows.length > 0;
+    const shown = rows.filter(Boolean);
+    $('models-body').replaceChildren(...shown);
+    $('models-empty').hidden = shown.length > 0;
+    $('models-empty').textContent = models.length ? 'No model matches the filter.' : 'No model has an active backend yet.';
   }
 
   function renderModelSelect() {
@@ -597,6 +687,57 @@
     sel.replaceChildren(...models.map((m) => h('option', { value: m.id }, m.id)));
     if (models.some((m) => m.id === current)) sel.value = current;
   }
+
+  $('models-filter').addEventListener('input', renderModels);
+  $('models-health').addEventListener('change', renderModels);
+
+  // ---------------------------------------------------------------------------------------------
+  // Backup: export / import (SPEC §3.2.1)
+
+  function backupResult(kind, text) {
+    const out = $('backup-result');
+    out.dataset.state = kind;
+    out.textContent = text;
+  }
+
+  $('export').addEventListener('click', async () => {
+    const keys = $('export-keys').checked;
+    backupResult('pending', 'Exporting…');
+    try {
+      const doc = await api('GET', `/admin/export${keys ? '?include_keys=true' : ''}`);
+      const n = doc && Array.isArray(doc.servers) ? doc.servers.length : 0;
+      const url = URL.createObjectURL(new Blob([JSON.stringify(doc, null, 2)], { type: 'application/json' }));
+      const a = h('a', { href: url, download: `switchboard-export-${new Date().toISOString().slice(0, 10)}.json` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      backupResult('ok', `Exported ${n} server${n === 1 ? '' : 's'}${keys ? ' with their API keys — keep the file safe' : ' (without API keys)'}.`);
+    } catch (e) {
+      backupResult('fail', `Export failed: ${e.status === 404 || e.status === 405 ? 'this broker has no export route yet' : e.message}`);
+    }
+  });
+
+  $('import-file').addEventListener('change', async () => {
+    const file = $('import-file').files && $('import-file').files[0];
+    $('import-file').value = '';
+    if (!file) return;
+    let doc;
+    try {
+      doc = JSON.parse(await file.text());
+    } catch (e) {
+      backupResult('fail', `Import failed: ${file.name} is not JSON (${e.message}).`);
+      return;
+    }
+    backupResult('pending', `Importing ${file.name}…`);
+    try {
+      const r = await api('POST', '/admin/import', doc);
+      backupResult('ok', `Imported ${file.name}: ${r && r.created !== undefined ? r.created : '?'} created, ${r && r.skipped !== undefined ? r.skipped : '?'} skipped (already registered).`);
+      await Promise.all([refreshServers(), refreshStats()]);
+    } catch (e) {
+      backupResult('fail', `Import failed, nothing was stored: ${e.message}`);
+    }
+  });
 
   // ---------------------------------------------------------------------------------------------
   // Playground

@@ -32,6 +32,9 @@ pub struct ModelSnapshot {
     /// `pending|streaming|done|error|cancelled`.
     pub state: &'static str,
     pub metrics: ModelMetrics,
+    /// Arrival times for the token timeline (absent where a snapshot has none to give).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::timeline::TokenTimeline>,
 }
 
 /// Numbers the compare view shows for a model.
@@ -194,21 +197,21 @@ pub struct Encoded {
     /// The JSON object, exactly what a WebSocket text frame or SSE `data:` carries. A
     /// `ByteString` so every WebSocket connection sends it without a copy (refcounted).
     pub json: ByteString,
+    /// The `ts` written into `json` (unix ms), for state that must agree with the event.
+    pub ts: u64,
 }
 
 impl Encoded {
     /// Serialises `body` with its id and the current time.
     pub fn new(id: Option<u64>, body: &EventBody) -> Arc<Self> {
-        let json = serde_json::to_string(&Envelope {
-            id,
-            body,
-            ts: now_ms(),
-        })
-        .unwrap_or_else(|_| "{\"type\":\"error\",\"code\":\"internal\"}".to_string());
+        let ts = now_ms();
+        let json = serde_json::to_string(&Envelope { id, body, ts })
+            .unwrap_or_else(|_| "{\"type\":\"error\",\"code\":\"internal\"}".to_string());
         Arc::new(Self {
             id,
             kind: body.kind(),
             json: ByteString::from(json),
+            ts,
         })
     }
 

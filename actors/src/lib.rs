@@ -26,6 +26,7 @@
 //! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
 //! - [`session_store`]: sessions' stored copies in sled, so threads survive a restart.
 //! - [`endpoint`]: the OpenAI routes and the one rule that turns `endpoint_url` into their URLs.
+//! - [`timeline`]: token arrival times per model, for `resync` snapshots of the token timeline.
 
 pub mod backend;
 pub mod buffer;
@@ -48,6 +49,7 @@ pub mod sessions;
 pub mod silence;
 pub mod sse;
 pub mod supervisor;
+pub mod timeline;
 pub mod upstream;
 pub mod url_policy;
 pub mod usage;

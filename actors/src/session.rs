@@ -19,6 +19,7 @@ use crate::history::History;
 use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, StreamSpec};
 use crate::record::now_ms;
 use crate::sessions::Sessions;
+use crate::timeline::{Mark, TokenTimeline};
 
 mod persist;
 
@@ -80,6 +81,8 @@ struct ModelRun {
     metrics: ModelMetrics,
     /// The running stream; `None` once the model ended. Stopping it cancels the upstream.
     stream: Option<Addr<ModelStream>>,
+    /// Arrival times for `resync` snapshots of the token timeline.
+    timeline: TokenTimeline,
 }
 
 struct Turn {
@@ -107,6 +110,7 @@ impl Turn {
                     content: r.content.clone(),
                     state: r.state.as_str(),
                     metrics: r.metrics.clone(),
+                    timeline: Some(r.timeline.clone()),
                 };
                 (m.clone(), snap)
             })
@@ -177,8 +181,8 @@ impl Session {
         self.registry.touch(&self.id, self.connections.len());
     }
 
-    /// Numbers, buffers and fans out one turn event.
-    fn emit(&mut self, body: EventBody) {
+    /// Numbers, buffers and fans out one turn event; returns its `ts`.
+    fn emit(&mut self, body: EventBody) -> u64 {
         let event = Encoded::new(Some(self.next_id), &body);
         if self.restored && self.first_live_id.is_none() {
             self.first_live_id = Some(self.next_id);
@@ -186,6 +190,7 @@ impl Session {
         self.next_id += 1;
         self.buffer.push(Arc::clone(&event));
         self.broadcast(&event);
+        event.ts
     }
 
     fn broadcast(&mut self, event: &Arc<Encoded>) {
@@ -197,6 +202,13 @@ impl Session {
             .collect();
         for id in gone {
             self.connections.remove(&id);
+        }
+    }
+
+    /// Records an emitted event's arrival on the running turn's timeline of `model`.
+    fn mark_timeline(&mut self, model: &str, mark: Mark, ts: u64) {
+        if let Some(run) = self.turn.as_mut().and_then(|t| t.runs.get_mut(model)) {
+            run.timeline.apply(mark, ts);
         }
     }
 
@@ -220,7 +232,7 @@ impl Session {
         }
         let turn_started = Instant::now();
         let mut runs = HashMap::new();
-        self.emit(EventBody::Ack {
+        let acked_ts = self.emit(EventBody::Ack {
             request_id: send.request_id.as_str().into(),
             models: models.clone(),
             content: send.content.clone(),
@@ -244,6 +256,7 @@ impl Session {
                     content: String::new(),
                     metrics: ModelMetrics::default(),
                     stream: Some(stream),
+                    timeline: TokenTimeline::new(acked_ts),
                 },
             );
         }
@@ -297,10 +310,11 @@ impl Session {
             .cancellations
             .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for m in targets {
-            self.emit(EventBody::Cancelled {
+            let ts = self.emit(EventBody::Cancelled {
                 request_id: request_id.as_str().into(),
-                model: m.into(),
+                model: m.as_str().into(),
             });
+            self.mark_timeline(&m, Mark::End, ts);
         }
         self.finish_if_complete();
     }
@@ -673,7 +687,11 @@ impl Handler<StreamEvent> for Session {
         if ended {
             run.stream = None;
         }
-        self.emit(ev.body);
+        let mark = Mark::of(&ev.body);
+        let ts = self.emit(ev.body);
+        if let Some(mark) = mark {
+            self.mark_timeline(&ev.model, mark, ts);
+        }
         if ended {
             self.finish_if_complete();
         }

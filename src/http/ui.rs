@@ -48,6 +48,7 @@ static ASSETS: &[Asset] = &[
     asset!("/dashboard", "dashboard.html", HTML),
     asset!("/static/style.css", "style.css", CSS),
     asset!("/static/compare.js", "compare.js", JS),
+    asset!("/static/timeline.js", "timeline.js", JS),
     asset!("/static/dashboard.js", "dashboard.js", JS),
     asset!("/docs", "docs.html", HTML, true),
     asset!("/static/docs.js", "docs.js", JS, true),

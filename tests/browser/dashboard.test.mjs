@@ -39,7 +39,7 @@ test('dashboard: a wrong admin key is refused and the right one unlocks', async 
   const demo = page.locator('[data-testid=server-row][data-model=demo-fast]');
   await demo.waitFor();
   assert.match(await demo.textContent(), /demo/);
-  assert.equal(await page.locator('#stat-servers').textContent(), '4');
+  assert.equal(await page.locator('#stat-servers').textContent(), '5');
   await shot(page, 'dashboard-servers');
   // the 403 of the wrong key is the only console error
   assert.deepEqual(problems.filter((p) => !/403/.test(p)), []);

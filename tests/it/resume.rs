@@ -676,3 +676,42 @@ async fn the_close_frame_is_the_last_frame_even_mid_stream() {
         .count();
     assert!(tokens > 10, "events streamed before the close ({tokens})");
 }
+
+/// The `resync` snapshot carries each model's token arrival times (offsets from the `ack`'s `ts`,
+/// text lengths in UTF-16 units), so the compare page redraws its token timeline exactly as the
+/// events drew it.
+#[actix_rt::test]
+async fn a_resync_snapshot_carries_the_token_arrival_times() {
+    let model = "t-d5-w30";
+    let (broker, _m) = setup(&[model], &[("SWITCHBOARD_EVENT_BUFFER", "5")]).await;
+    let (mut ws, session_id) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("r1", PROMPT, &[model])).await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    drop(ws);
+    let ts = |e: &Value| e["ts"].as_u64().unwrap_or(0);
+    let ack = ts(view.of("ack", None)[0]);
+    let tokens = view.of("token", Some(model));
+    let offsets: Vec<u64> = tokens.iter().map(|e| ts(e) - ack).collect();
+    let lens: Vec<u64> = tokens
+        .iter()
+        .map(|e| e["content"].as_str().unwrap_or("").encode_utf16().count() as u64)
+        .collect();
+    let done = ts(view.of("done", Some(model))[0]);
+    assert_eq!(tokens.len(), 30);
+
+    let (mut ws, _) = resume(&broker.url, &session_id, 0).await;
+    let resync = ws.event().await;
+    assert_eq!(resync["type"], "resync", "{resync}");
+    let tl = &resync["snapshot"][model]["timeline"];
+    assert_eq!(tl["started_ts"].as_u64(), Some(ack), "{tl}");
+    let got = |k: &str| -> Vec<u64> {
+        tl[k]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(got("token_offsets_ms"), offsets);
+    assert_eq!(got("token_lens"), lens);
+    assert_eq!(tl["ended_ms"].as_u64(), Some(done - ack));
+}

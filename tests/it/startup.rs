@@ -196,7 +196,13 @@ async fn the_readme_first_command_runs_local_mode_with_the_demo_models() {
         .unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
-    for demo in ["demo-fast", "demo-slow-thinker", "demo-tools", "demo-flaky"] {
+    for demo in [
+        "demo-fast",
+        "demo-slow-thinker",
+        "demo-tools",
+        "demo-flaky",
+        "demo-stalls",
+    ] {
         assert!(ids.iter().any(|i| i == demo), "{demo} missing from {ids:?}");
     }
     assert!(

@@ -19,6 +19,7 @@ use crate::buffer::{EventBuffer, Replay, MAX_BUFFER_BYTES};
 use crate::record::now_ms;
 use crate::session_store::{StoredRun, StoredSession, StoredTurn};
 use crate::sessions::Sessions;
+use crate::timeline::TokenTimeline;
 
 impl RunState {
     fn parse(s: &str) -> Self {
@@ -65,6 +66,9 @@ impl Turn {
                     content: stored.content,
                     metrics: stored.metrics,
                     stream: None,
+                    // Arrival times are not stored (nothing is written per token): a restored
+                    // turn's timeline has no ticks.
+                    timeline: TokenTimeline::new(t.started_ms),
                 };
                 (m.clone(), run)
             })
