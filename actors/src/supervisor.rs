@@ -143,12 +143,15 @@ impl HealthSupervisor {
 
     fn spawn_backend(&mut self, record: ServerRecord, demo: bool) -> Uuid {
         let id = record.registration_id;
-        let handle = Arc::new(BackendHandle::new(
+        let mut handle = BackendHandle::new(
             id,
             record.model_name.clone(),
             &record.endpoint_url,
             record.api_key.clone(),
-        ));
+        );
+        handle.owner.clone_from(&record.owner);
+        handle.registered_at_ms = record.registered_at;
+        let handle = Arc::new(handle);
         let shared = Arc::new(RwLock::new(record));
         let registry = (!demo).then(|| self.registry.clone());
         let addr = Backend::new(

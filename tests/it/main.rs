@@ -11,6 +11,7 @@ mod ops;
 mod persistence;
 mod push;
 mod resume;
+mod security;
 mod sessions;
 mod startup;
 mod wsclient;

@@ -674,3 +674,65 @@ async fn thousand_connections_lose_nothing() {
         started.elapsed()
     );
 }
+
+#[actix_rt::test]
+async fn the_callback_never_gets_the_brokers_own_credentials() {
+    let app = CallbackApp::start(|_| Answer::ok(json!({})));
+    let broker = start_broker(&app, &[("SWITCHBOARD_UI_PASSWORD", "ui-password-01")]);
+    let client = stream_client();
+    let ui_login = crate::harness::basic("admin", "ui-password-01");
+    // A browser logged in to the dashboard sends its Basic login to every path of the origin.
+    let first = Sse::open(
+        &client,
+        &format!("{}/push/a", broker.url),
+        &[
+            ("authorization", &ui_login),
+            ("x-api-key", crate::harness::ADMIN),
+            ("x-user", "ana"),
+        ],
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+    // The application's own credentials still reach it.
+    let second = Sse::open(
+        &client,
+        &format!("{}/push/b", broker.url),
+        &[("authorization", "Bearer app-session-token")],
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::OK);
+    let connects = app.with_action("connect");
+    assert_eq!(connects.len(), 2);
+    let headers = &connects[0].body["request"]["headers"];
+    assert_eq!(headers["x-user"], "ana");
+    assert!(headers.get("authorization").is_none(), "{headers}");
+    assert!(headers.get("x-api-key").is_none(), "{headers}");
+    assert_eq!(
+        connects[1].body["request"]["headers"]["authorization"],
+        "Bearer app-session-token"
+    );
+}
+
+#[actix_rt::test]
+async fn push_connects_count_against_the_per_ip_rate_limit() {
+    let app = CallbackApp::start(|_| Answer::ok(json!({})));
+    let broker = start_broker(&app, &[("SWITCHBOARD_RATE_LIMIT_PER_MIN", "3")]);
+    let client = stream_client();
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let sse = Sse::open(&client, &format!("{}/push/r{i}", broker.url), &[]).await;
+        assert_eq!(sse.status, StatusCode::OK, "connect {i}");
+        open.push(sse);
+    }
+    let (status, body) = request("GET", &format!("{}/push/r3", broker.url), &[], None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        assert_error_shape(&body).as_deref(),
+        Some("rate_limit_exceeded")
+    );
+    assert_eq!(
+        app.with_action("connect").len(),
+        3,
+        "the refused connect cost the application no callback"
+    );
+}

@@ -232,8 +232,8 @@ async fn local_mode_serves_the_demo_models() {
 async fn public_mode_starts_cleanly_with_credentials() {
     let broker = Broker::start(&[
         ("SWITCHBOARD_HOST", "0.0.0.0"),
-        ("SWITCHBOARD_UI_PASSWORD", "pw"),
-        ("SWITCHBOARD_API_KEYS", "k1"),
+        ("SWITCHBOARD_UI_PASSWORD", "ui-password-01"),
+        ("SWITCHBOARD_API_KEYS", "client-key-000001"),
     ]);
     let url = broker.url.replace("0.0.0.0", "127.0.0.1");
     let (status, health) = request("GET", &format!("{url}/health"), &[], None).await;
