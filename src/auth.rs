@@ -182,13 +182,14 @@ pub fn refused(req: &HttpRequest, state: &AppState, surface: Surface, reason: Re
     let noted = state.failures.refused(ip, reason.is_guess());
     if noted.log {
         log::warn!(
-            "auth surface={} ip={ip} refused: {} {}{}",
+            "auth surface={} ip={ip} refused: {}{}",
             surface.as_str(),
-            reason.as_str(),
             match reason {
-                Reason::Origin => "Origin",
-                Reason::Host => "Host",
-                _ => "credential",
+                Reason::Origin => "foreign Origin",
+                Reason::Host => "Host not allowed",
+                Reason::Missing => "missing credential",
+                Reason::Malformed => "malformed credential",
+                Reason::Wrong => "wrong credential",
             },
             if noted.last_logged {
                 " (further refusals from this address are counted, not logged, this minute)"

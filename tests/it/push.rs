@@ -724,8 +724,16 @@ async fn push_connects_count_against_the_per_ip_rate_limit() {
         assert_eq!(sse.status, StatusCode::OK, "connect {i}");
         open.push(sse);
     }
-    let (status, body) = request("GET", &format!("{}/push/r3", broker.url), &[], None).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // Read as a stream: before the fix this was a 200 that never ends.
+    let mut fourth = Sse::open(&client, &format!("{}/push/r3", broker.url), &[]).await;
+    assert_eq!(fourth.status, StatusCode::TOO_MANY_REQUESTS);
+    let mut text = String::new();
+    while let Ok(Some(Ok(chunk))) =
+        actix_rt::time::timeout(Duration::from_secs(5), fourth.body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     assert_eq!(
         assert_error_shape(&body).as_deref(),
         Some("rate_limit_exceeded")

@@ -226,7 +226,13 @@ async fn a_foreign_origin_cannot_open_a_websocket_or_change_state() {
     assert_eq!(status, 200, "{body}");
     let m = metrics(&broker).await;
     assert!(auth_failures(&m, "ws", "origin") >= 4.0, "{m:?}");
-    assert!(broker.logs().contains("reason") || broker.logs().contains("refused: origin"));
+    assert!(
+        broker
+            .logs()
+            .contains("auth surface=ws ip=127.0.0.1 refused: foreign Origin"),
+        "{}",
+        broker.logs()
+    );
 }
 
 #[actix_rt::test]
