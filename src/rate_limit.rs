@@ -259,6 +259,11 @@ impl FailureThrottle {
         let mut shard = self.clients.shard(&key).lock();
         let f = self.window(&mut shard, key, now);
         if guess {
+            // The guessing minute starts with the first guess, not with an earlier refusal
+            // that guessed nothing (a missing credential, a foreign Origin).
+            if f.count == 0 {
+                f.window_start = now;
+            }
             f.count = f.count.saturating_add(1);
         }
         let log = f.logged < LOG_LINES_PER_MIN;
@@ -427,7 +432,43 @@ mod tests {
             "one WARN per client and window"
         );
         assert_eq!(th.check_at(ip("192.0.2.8"), t1), Throttle::Open);
+        // A refusal that guessed nothing does not start the guessing minute early.
+        let b = ip("192.0.2.9");
+        th.refused_at(b, false, t0);
+        for _ in 0..10 {
+            th.refused_at(b, true, t1);
+        }
+        assert_eq!(
+            th.check_at(b, t1),
+            Throttle::Closed {
+                retry_after: 60,
+                first: true
+            }
+        );
         assert_eq!(th.check_at(a, t0 + Duration::from_secs(60)), Throttle::Open);
+    }
+
+    #[test]
+    fn refusal_log_lines_are_bounded_per_client_and_window() {
+        let th = FailureThrottle::new(10, Duration::from_secs(60));
+        let a = ip("192.0.2.50");
+        let t0 = Instant::now();
+        let noted: Vec<Noted> = (0..25).map(|_| th.refused_at(a, false, t0)).collect();
+        assert_eq!(
+            noted.iter().filter(|n| n.log).count(),
+            LOG_LINES_PER_MIN as usize
+        );
+        assert!(noted[LOG_LINES_PER_MIN as usize - 1].last_logged);
+        assert_eq!(
+            th.check_at(a, t0),
+            Throttle::Open,
+            "missing credentials are no guesses"
+        );
+        let later = t0 + Duration::from_secs(61);
+        assert!(
+            th.refused_at(a, false, later).log,
+            "a new minute logs again"
+        );
     }
 
     #[actix_rt::test]

@@ -6,7 +6,8 @@
 //!    This is what defeats DNS rebinding, where a foreign name resolves to 127.0.0.1.
 //! 2. **CORS preflight** for `/v1/*`, `/api/sessions/*` and `/health` from an origin of
 //!    `SWITCHBOARD_CORS_ORIGINS`: 204 with the allowed methods and headers.
-//! 3. **Origin**: `/ws` and every state-changing method (POST, PUT, DELETE, PATCH) anywhere
+//! 3. **Origin**: `/ws`, `/push/*` (each connect calls the application back) and every
+//!    state-changing method (POST, PUT, DELETE, PATCH) anywhere
 //!    with an `Origin` that is neither the request's own (`scheme://host:port`) nor listed
 //!    → 403 `origin_not_allowed`, before any handler (so before any WebSocket upgrade).
 //!    `Origin: null` is foreign; requests without `Origin` (SDKs, curl) are unaffected.
@@ -257,7 +258,8 @@ pub async fn guard(
     }
 
     if let Some(text) = &origin_text {
-        if changes_state(req.method()) || path == "/ws" {
+        // `/push/*` connects are GETs, but each one calls the application back.
+        if changes_state(req.method()) || path == "/ws" || path.starts_with("/push/") {
             let own = own_origin(req.headers(), req.app_config().secure(), state.trust_proxy);
             let same = origin.is_some() && origin == own;
             if !(same || listed || cors_allowed) {

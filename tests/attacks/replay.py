@@ -273,6 +273,8 @@ def attack_slow_body(t, timeout_s=10):
         closed = True
     s.close()
     took = time.time() - start
+    if status == 429:
+        return record("4", "unfinished chunked body", "408", "rate limited before the body was read (429)", None)
     record("4", "unfinished chunked body", f"408 and close within {timeout_s + 1} s", f"{status} after {took:.1f} s, closed={closed}", status == 408 and took <= timeout_s + 1 and closed)
 
 
@@ -464,6 +466,10 @@ def main():
     steps = [
         lambda: attack_origin(t, auth),
         lambda: attack_frame_size(t, auth),
+    ]
+    if not args.quick:  # early: later probes use up the request-rate budget of /v1
+        steps.append(lambda: attack_slow_body(t, args.request_timeout))
+    steps += [
         lambda: attack_metric_labels(t, args.admin_key),
         lambda: attack_log_forging(t, auth),
         lambda: attack_ws_protocol_error(t, auth),
@@ -472,8 +478,6 @@ def main():
         lambda: attack_hello_flood(t, auth),
         lambda: attack_push_flood(t),
     ]
-    if not args.quick:
-        steps.append(lambda: attack_slow_body(t, args.request_timeout))
     steps.append(lambda: attack_guessing(t, args.admin_key, args.ui_password))
     for step in steps:
         try:

@@ -744,3 +744,27 @@ async fn push_connects_count_against_the_per_ip_rate_limit() {
         "the refused connect cost the application no callback"
     );
 }
+
+#[actix_rt::test]
+async fn a_foreign_origin_cannot_open_a_push_connection() {
+    let app = CallbackApp::start(|_| Answer::ok(json!({})));
+    let broker = start_broker(&app, &[]);
+    let client = stream_client();
+    for origin in ["http://evil.example", "null"] {
+        let sse = Sse::open(
+            &client,
+            &format!("{}/push/x", broker.url),
+            &[("origin", origin)],
+        )
+        .await;
+        assert_eq!(sse.status, StatusCode::FORBIDDEN, "{origin}");
+    }
+    assert!(app.calls().is_empty(), "no callback for a refused connect");
+    let own = Sse::open(
+        &client,
+        &format!("{}/push/x", broker.url),
+        &[("origin", &broker.url)],
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+}
