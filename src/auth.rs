@@ -1,19 +1,216 @@
-//! Credentials: the admin key, client API keys, and the constant-time comparison all of them use.
-//! No key or header value is ever logged.
+//! Credentials: the admin key, client API keys, the UI's Basic login and the push secret, the
+//! constant-time comparison all of them use, and the one gate every check goes through so a
+//! refusal is throttled, logged and counted the same way on every surface (SPEC §8 "Guessing
+//! is throttled", "Refusals are visible").
+//!
+//! No key, password or header value is ever logged: a refusal names the surface, the client IP
+//! and the reason (`missing`, `malformed`, `wrong`), nothing the client presented.
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use actix_web::HttpRequest;
+use base64::Engine;
+use subtle::ConstantTimeEq;
 
 use crate::errors::ApiError;
+use crate::rate_limit::Throttle;
+use crate::state::AppState;
 
-/// Compares secrets without an early exit, so timing does not reveal how much of a guess was
-/// right. Lengths are compared in the same pass (a length mismatch still scans `expected`).
+/// Secrets up to this many bytes are compared in the same time whatever their length.
+const CT_BLOCK: usize = 256;
+
+/// Compares secrets in constant time (`subtle`). Both sides are copied into zeroed buffers of
+/// one size (at least [`CT_BLOCK`] bytes) first, so the time does not depend on where they
+/// differ nor on the expected secret's length (only on the length of what was given, which the
+/// client knows anyway); the lengths are compared in constant time as well.
 pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = u8::from(given.len() != expected.len());
-    for (i, e) in expected.iter().enumerate() {
-        let g = given.get(i).copied().unwrap_or(0);
-        diff |= g ^ e;
+    let n = CT_BLOCK.max(given.len()).max(expected.len());
+    let mut a = vec![0u8; n];
+    let mut b = vec![0u8; n];
+    a[..given.len()].copy_from_slice(given);
+    b[..expected.len()].copy_from_slice(expected);
+    let same_len = (given.len() as u64).ct_eq(&(expected.len() as u64));
+    bool::from(a.ct_eq(&b) & same_len)
+}
+
+/// Where a credential (or an Origin / Host) was refused: a label of
+/// `switchboard_auth_failures_total` and `switchboard_rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The admin key: `/admin/*`, `/metrics`, `/debug/*`.
+    Admin,
+    /// Client keys on `/v1/*`.
+    V1,
+    /// Basic on pages.
+    Ui,
+    /// Basic on `/ws`.
+    Ws,
+    /// Basic on `/api/sessions/*`.
+    Sessions,
+    /// The push secret on `/internal/send`, and `/push/*` connects.
+    Push,
+}
+
+impl Surface {
+    pub const ALL: [Surface; 6] = [
+        Surface::Admin,
+        Surface::V1,
+        Surface::Ui,
+        Surface::Ws,
+        Surface::Sessions,
+        Surface::Push,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::Admin => "admin",
+            Surface::V1 => "v1",
+            Surface::Ui => "ui",
+            Surface::Ws => "ws",
+            Surface::Sessions => "sessions",
+            Surface::Push => "push",
+        }
     }
-    diff == 0
+
+    /// The surface a path belongs to (for refusals decided before routing).
+    pub fn of_path(path: &str) -> Surface {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/v1") {
+            Surface::V1
+        } else if under("/admin") || under("/metrics") || under("/debug") {
+            Surface::Admin
+        } else if under("/ws") {
+            Surface::Ws
+        } else if under("/api/sessions") {
+            Surface::Sessions
+        } else if under("/push") || under("/internal") {
+            Surface::Push
+        } else {
+            Surface::Ui
+        }
+    }
+}
+
+/// Why a request was refused (the `reason` label). The first three are credential checks;
+/// `origin` and `host` are the browser rules of SPEC §8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Missing,
+    Malformed,
+    Wrong,
+    Origin,
+    Host,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::Wrong,
+        Reason::Origin,
+        Reason::Host,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::Wrong => "wrong",
+            Reason::Origin => "origin",
+            Reason::Host => "host",
+        }
+    }
+
+    /// Whether this refusal is a guess (it counts toward the throttle). A request that
+    /// presents nothing guesses nothing: a browser's first, credential-less page load must not
+    /// lock its user out.
+    fn is_guess(self) -> bool {
+        matches!(self, Reason::Malformed | Reason::Wrong)
+    }
+}
+
+/// A refused credential check.
+#[derive(Debug)]
+pub enum Denied {
+    /// The client is throttled: answer this 429 and do not look at the credential.
+    Throttled(ApiError),
+    /// The credential was refused for this reason (the caller answers 401, 403 or 1008).
+    Refused(Reason),
+}
+
+/// Runs `verdict` (a credential check) for `req` on `surface`: refused at once with 429 while
+/// the client is throttled; a refusal is counted toward the throttle (guesses only), counted
+/// in `/metrics` and logged at WARN (at most [`crate::rate_limit::LOG_LINES_PER_MIN`] lines per
+/// client and minute, so a flood of refusals cannot flood the log).
+pub fn gate(
+    req: &HttpRequest,
+    state: &AppState,
+    surface: Surface,
+    verdict: impl FnOnce() -> Result<(), Reason>,
+) -> Result<(), Denied> {
+    let ip = crate::http::client_ip(req, state.trust_proxy);
+    if let Throttle::Closed { retry_after, first } = state.failures.check(ip) {
+        state.metrics.refusals.rate_limited(surface);
+        if first {
+            log::warn!(
+                "auth surface={} ip={ip} throttled: {} failed credential checks within a minute; \
+                 refusing credentials from this address for {retry_after} s",
+                surface.as_str(),
+                crate::rate_limit::MAX_FAILURES_PER_MIN,
+            );
+        }
+        return Err(Denied::Throttled(ApiError::rate_limited(
+            format!(
+                "too many failed credential checks from this address; retry in {retry_after} s"
+            ),
+            retry_after,
+        )));
+    }
+    let Err(reason) = verdict() else {
+        return Ok(());
+    };
+    refused(req, state, surface, reason);
+    Err(Denied::Refused(reason))
+}
+
+/// Counts and logs one refusal of `req` on `surface` (credentials, Origin or Host).
+pub fn refused(req: &HttpRequest, state: &AppState, surface: Surface, reason: Reason) {
+    let ip = crate::http::client_ip(req, state.trust_proxy);
+    state.metrics.refusals.auth_failure(surface, reason);
+    let noted = state.failures.refused(ip, reason.is_guess());
+    if noted.log {
+        log::warn!(
+            "auth surface={} ip={ip} refused: {}{}",
+            surface.as_str(),
+            match reason {
+                Reason::Origin => "foreign Origin",
+                Reason::Host => "Host not allowed",
+                Reason::Missing => "missing credential",
+                Reason::Malformed => "malformed credential",
+                Reason::Wrong => "wrong credential",
+            },
+            if noted.last_logged {
+                " (further refusals from this address are counted, not logged, this minute)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// A 429 from the request-rate limiter on `surface`: counted, and logged at WARN once per
+/// client and minute.
+pub fn rate_limited(req: &HttpRequest, state: &AppState, surface: Surface, retry_after: u64) {
+    let ip = crate::http::client_ip(req, state.trust_proxy);
+    state.metrics.refusals.rate_limited(surface);
+    if state.failures.rate_limited_once(ip) {
+        log::warn!(
+            "rate surface={} ip={ip} rate limited (retry in {retry_after} s; logged once a minute)",
+            surface.as_str()
+        );
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if present.
@@ -23,40 +220,93 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Checks the admin key from `X-API-Key` or `Authorization: Bearer`; 403 otherwise.
-pub fn require_admin(headers: &HeaderMap, admin_key: &str) -> Result<(), ApiError> {
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| bearer(headers));
-    match given {
-        Some(k) if constant_time_eq(k.as_bytes(), admin_key.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::forbidden("invalid admin key")),
-        None => Err(ApiError::forbidden(
-            "admin key required: send it as X-API-Key or Authorization: Bearer",
-        )),
+/// What an `Authorization: Bearer` header holds: `Err(Missing)` without one, `Err(Malformed)`
+/// for another scheme or an unreadable value.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, Reason> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(Reason::Missing);
+    };
+    let value = value.to_str().map_err(|_| Reason::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(Reason::Malformed),
     }
 }
 
-/// Checks a client key when keys are configured; 401 otherwise. Every configured key is
-/// compared, so the position of a match is not observable either.
-pub fn require_client(headers: &HeaderMap, keys: &[String]) -> Result<(), ApiError> {
+/// The admin key check of `X-API-Key` or `Authorization: Bearer`.
+pub fn admin_verdict(headers: &HeaderMap, admin_key: &str) -> Result<(), Reason> {
+    let given = match headers.get("x-api-key") {
+        Some(v) => v.to_str().map_err(|_| Reason::Malformed)?,
+        None => bearer_token(headers)?,
+    };
+    if constant_time_eq(given.as_bytes(), admin_key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Reason::Wrong)
+    }
+}
+
+/// 403 for a refused admin key.
+pub fn admin_error(reason: Reason) -> ApiError {
+    match reason {
+        Reason::Missing => {
+            ApiError::forbidden("admin key required: send it as X-API-Key or Authorization: Bearer")
+        }
+        Reason::Malformed => ApiError::forbidden(
+            "malformed admin credential: send X-API-Key: <key> or Authorization: Bearer <key>",
+        ),
+        _ => ApiError::forbidden("invalid admin key"),
+    }
+}
+
+/// Checks the admin key from `X-API-Key` or `Authorization: Bearer`; 403 otherwise. A pure
+/// check: the guard middleware runs the counted one ([`gate`]) for every admin path first.
+pub fn require_admin(headers: &HeaderMap, admin_key: &str) -> Result<(), ApiError> {
+    admin_verdict(headers, admin_key).map_err(admin_error)
+}
+
+/// The client key check (`Authorization: Bearer`); every configured key is compared, so the
+/// position of a match is not observable either. Passes when no keys are configured.
+pub fn client_verdict(headers: &HeaderMap, keys: &[String]) -> Result<(), Reason> {
     if keys.is_empty() {
         return Ok(());
     }
-    let Some(given) = bearer(headers) else {
-        return Err(ApiError::unauthorized(
-            "missing API key: send Authorization: Bearer <key>",
-        ));
-    };
+    let given = bearer_token(headers)?;
     let matched = keys.iter().fold(false, |acc, k| {
         acc | constant_time_eq(given.as_bytes(), k.as_bytes())
     });
     if matched {
         Ok(())
     } else {
-        Err(ApiError::unauthorized("invalid API key"))
+        Err(Reason::Wrong)
     }
+}
+
+/// 401 for a refused client key (OpenAI's shape: `invalid_request_error` / `invalid_api_key`).
+pub fn client_error(reason: Reason) -> ApiError {
+    ApiError::unauthorized(match reason {
+        Reason::Missing => "missing API key: send Authorization: Bearer <key>",
+        Reason::Malformed => "malformed Authorization header: send Authorization: Bearer <key>",
+        _ => "invalid API key",
+    })
+}
+
+/// The client key of `/v1`, counted and throttled.
+pub fn require_client(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if state.client_keys.is_empty() {
+        return Ok(());
+    }
+    gate(req, state, Surface::V1, || {
+        client_verdict(req.headers(), &state.client_keys)
+    })
+    .map_err(|d| match d {
+        Denied::Throttled(e) => e,
+        Denied::Refused(reason) => client_error(reason),
+    })
 }
 
 /// The UI's HTTP Basic credentials; `None` password means pages and sessions are open.
@@ -66,58 +316,108 @@ pub struct UiCredentials {
     pub password: Option<String>,
 }
 
+impl UiCredentials {
+    fn password(&self) -> Option<&str> {
+        self.password.as_deref().filter(|p| !p.is_empty())
+    }
+}
+
+/// The Basic login check; passes when no UI password is set.
+pub fn ui_verdict(headers: &HeaderMap, creds: &UiCredentials) -> Result<(), Reason> {
+    let Some(password) = creds.password() else {
+        return Ok(());
+    };
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(Reason::Missing);
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, b64)| base64_decode(b64.trim()))
+        .filter(|decoded| decoded.contains(&b':'))
+        .ok_or(Reason::Malformed)?;
+    let expected = format!("{}:{password}", creds.user);
+    if constant_time_eq(&given, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Reason::Wrong)
+    }
+}
+
 /// Whether the request carries the UI's Basic login (only when a UI password is set): the
 /// compare page uses it for `GET /v1/models`, having no API key.
 pub fn ui_login_given(headers: &HeaderMap, creds: &UiCredentials) -> bool {
-    creds.password.as_deref().is_some_and(|p| !p.is_empty()) && ui_allowed(headers, creds)
+    creds.password().is_some() && ui_verdict(headers, creds).is_ok()
 }
 
-/// Whether a request may use pages, `/ws` and `/api/sessions/*`.
-pub fn ui_allowed(headers: &HeaderMap, creds: &UiCredentials) -> bool {
-    let Some(password) = creds.password.as_deref().filter(|p| !p.is_empty()) else {
-        return true;
+/// The UI login for a page or `/api/sessions/*`, counted and throttled; 401 with a Basic
+/// challenge when refused.
+pub fn require_ui(req: &HttpRequest, state: &AppState, surface: Surface) -> Result<(), ApiError> {
+    if state.ui_credentials.password().is_none() {
+        return Ok(());
+    }
+    gate(req, state, surface, || {
+        ui_verdict(req.headers(), &state.ui_credentials)
+    })
+    .map_err(|d| match d {
+        Denied::Throttled(e) => e,
+        Denied::Refused(_) => ApiError::unauthorized(match surface {
+            Surface::Ui => "this page needs the UI credentials (HTTP Basic)",
+            _ => "this route needs the UI credentials (HTTP Basic)",
+        })
+        .basic_challenge(),
+    })
+}
+
+/// The UI login for `/ws`: `Err` (429) while the client is throttled, answered before the
+/// upgrade; `Ok(false)` when refused (the socket is then closed with 1008).
+pub fn ws_login(req: &HttpRequest, state: &AppState) -> Result<bool, ApiError> {
+    if state.ui_credentials.password().is_none() {
+        return Ok(true);
+    }
+    match gate(req, state, Surface::Ws, || {
+        ui_verdict(req.headers(), &state.ui_credentials)
+    }) {
+        Ok(()) => Ok(true),
+        Err(Denied::Throttled(e)) => Err(e),
+        Err(Denied::Refused(_)) => Ok(false),
+    }
+}
+
+/// The check of a shared secret presented as `given` (push gateway).
+pub fn secret_verdict(given: Option<&str>, expected: &str) -> Result<(), Reason> {
+    match given {
+        None => Err(Reason::Missing),
+        Some("") => Err(Reason::Malformed),
+        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(Reason::Wrong),
+    }
+}
+
+/// Whether `value` (an `Authorization` header) carries the broker's own UI login, which must
+/// not travel on to a push application.
+pub fn is_ui_login(value: &[u8], creds: &UiCredentials) -> bool {
+    let Some(password) = creds.password() else {
+        return false;
     };
-    let Some(given) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let Some(given) = std::str::from_utf8(value)
+        .ok()
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
         .and_then(|(_, b64)| base64_decode(b64.trim()))
     else {
         return false;
     };
-    let expected = format!("{}:{password}", creds.user);
-    constant_time_eq(&given, expected.as_bytes())
+    constant_time_eq(&given, format!("{}:{password}", creds.user).as_bytes())
 }
 
-/// Standard base64 (with or without padding); `None` on any invalid character.
+/// Standard base64 (padding optional, as some clients leave it out); `None` when invalid.
 pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = input.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let n = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
-    }
-    Some(out)
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(input.trim_end_matches('='))
+        .ok()
 }
 
 #[cfg(test)]
@@ -139,7 +439,14 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secre", b"secret"));
         assert!(!constant_time_eq(b"secret1", b"secret"));
+        assert!(
+            !constant_time_eq(b"secret\0", b"secret"),
+            "padding is not equality"
+        );
         assert!(!constant_time_eq(b"", b"x"));
+        let long = vec![b'k'; 1000];
+        assert!(constant_time_eq(&long, &long));
+        assert!(!constant_time_eq(&long[..999], &long));
     }
 
     #[test]
@@ -147,8 +454,13 @@ mod tests {
         assert!(require_admin(&headers(&[("x-api-key", "k")]), "k").is_ok());
         assert!(require_admin(&headers(&[("authorization", "Bearer k")]), "k").is_ok());
         assert_eq!(
-            require_admin(&headers(&[("x-api-key", "x")]), "k").map_err(|e| e.status.as_u16()),
-            Err(403)
+            admin_verdict(&headers(&[("x-api-key", "x")]), "k"),
+            Err(Reason::Wrong)
+        );
+        assert_eq!(admin_verdict(&headers(&[]), "k"), Err(Reason::Missing));
+        assert_eq!(
+            admin_verdict(&headers(&[("authorization", "Basic k")]), "k"),
+            Err(Reason::Malformed)
         );
         assert_eq!(
             require_admin(&headers(&[]), "k").map_err(|e| e.status.as_u16()),
@@ -163,29 +475,70 @@ mod tests {
             Some(&b"admin:secret"[..])
         );
         assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("YQ").as_deref(), Some(&b"a"[..]));
         assert_eq!(base64_decode("!!"), None);
         let creds = UiCredentials {
             user: "admin".into(),
             password: Some("secret".into()),
         };
-        assert!(ui_allowed(
-            &headers(&[("authorization", "Basic YWRtaW46c2VjcmV0")]),
-            &creds
-        ));
-        assert!(!ui_allowed(
-            &headers(&[("authorization", "Basic YWRtaW46b29wcw==")]),
-            &creds
-        ));
-        assert!(!ui_allowed(&headers(&[]), &creds));
-        assert!(ui_allowed(&headers(&[]), &UiCredentials::default()));
+        assert_eq!(
+            ui_verdict(
+                &headers(&[("authorization", "Basic YWRtaW46c2VjcmV0")]),
+                &creds
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            ui_verdict(
+                &headers(&[("authorization", "Basic YWRtaW46b29wcw==")]),
+                &creds
+            ),
+            Err(Reason::Wrong)
+        );
+        assert_eq!(
+            ui_verdict(&headers(&[("authorization", "Basic !!!")]), &creds),
+            Err(Reason::Malformed)
+        );
+        assert_eq!(ui_verdict(&headers(&[]), &creds), Err(Reason::Missing));
+        assert_eq!(ui_verdict(&headers(&[]), &UiCredentials::default()), Ok(()));
+        assert!(is_ui_login(b"Basic YWRtaW46c2VjcmV0", &creds));
+        assert!(!is_ui_login(b"Basic YXBwOnRva2Vu", &creds));
+        assert!(!is_ui_login(b"Bearer x", &creds));
     }
 
     #[test]
     fn client_keys_only_when_configured() {
-        assert!(require_client(&headers(&[]), &[]).is_ok());
+        assert!(client_verdict(&headers(&[]), &[]).is_ok());
         let keys = vec!["a".to_string(), "b".to_string()];
-        assert!(require_client(&headers(&[("authorization", "Bearer b")]), &keys).is_ok());
-        assert!(require_client(&headers(&[("authorization", "Bearer c")]), &keys).is_err());
-        assert!(require_client(&headers(&[]), &keys).is_err());
+        assert!(client_verdict(&headers(&[("authorization", "Bearer b")]), &keys).is_ok());
+        assert_eq!(
+            client_verdict(&headers(&[("authorization", "Bearer c")]), &keys),
+            Err(Reason::Wrong)
+        );
+        assert_eq!(client_verdict(&headers(&[]), &keys), Err(Reason::Missing));
+        let e = client_error(Reason::Wrong);
+        assert_eq!(
+            (e.status.as_u16(), e.kind, e.code),
+            (401, "invalid_request_error", Some("invalid_api_key"))
+        );
+    }
+
+    #[test]
+    fn surfaces_of_paths() {
+        for (path, surface) in [
+            ("/v1/models", Surface::V1),
+            ("/v1x", Surface::Ui),
+            ("/admin/register", Surface::Admin),
+            ("/metrics", Surface::Admin),
+            ("/debug/memory", Surface::Admin),
+            ("/ws", Surface::Ws),
+            ("/api/sessions", Surface::Sessions),
+            ("/api/sessions/x/events", Surface::Sessions),
+            ("/internal/send", Surface::Push),
+            ("/push/a/b", Surface::Push),
+            ("/dashboard", Surface::Ui),
+        ] {
+            assert_eq!(Surface::of_path(path), surface, "{path}");
+        }
     }
 }

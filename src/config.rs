@@ -152,7 +152,21 @@ pub struct Config {
     /// Requests an affine backend may have in flight beyond the least-loaded one.
     #[arg(long, env = "SWITCHBOARD_AFFINITY_SLACK", default_value_t = 2)]
     pub affinity_slack: u64,
+    /// Web origins (comma-separated `scheme://host[:port]`, or `*`) whose pages may call /v1/*,
+    /// /api/sessions/* and /health (CORS), and whose requests /ws and other state-changing
+    /// routes accept.
+    #[arg(long, env = "SWITCHBOARD_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Extra host names a local broker answers to (comma-separated; loopback addresses and
+    /// localhost are always allowed).
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_HOSTS")]
+    pub allowed_hosts: Option<String>,
 }
+
+/// Shortest secret public mode accepts (admin key, client keys, push secret).
+pub const MIN_SECRET_LEN: usize = 16;
+/// Shortest UI password public mode accepts.
+pub const MIN_PASSWORD_LEN: usize = 12;
 
 /// The variables this build knows; anything else under `SWITCHBOARD_` is warned about.
 pub const KNOWN_VARS: &[&str] = &[
@@ -198,6 +212,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "SWITCHBOARD_QUEUE_MAX",
     "SWITCHBOARD_QUEUE_TIMEOUT_S",
     "SWITCHBOARD_AFFINITY_SLACK",
+    "SWITCHBOARD_CORS_ORIGINS",
+    "SWITCHBOARD_ALLOWED_HOSTS",
 ];
 
 /// A configuration that parsed but cannot run. The message names the variable to fix.
@@ -334,6 +350,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(origins) = &self.cors_origins {
+            crate::http::guard::CorsOrigins::parse(origins)
+                .map_err(|p| invalid("SWITCHBOARD_CORS_ORIGINS", &p))?;
+        }
+        if !self.is_local() {
+            self.check_secret_lengths()?;
+        }
         let has_credentials = self.ui_password.as_deref().is_some_and(|p| !p.is_empty())
             && !self.client_keys().is_empty();
         if !self.is_local() && !has_credentials && !self.insecure_public {
@@ -353,6 +376,71 @@ impl Config {
             queue_timeout: Self::secs(self.queue_timeout_s),
             affinity_slack: self.affinity_slack,
         }
+    }
+
+    /// Public mode refuses guessable secrets (SPEC §8): they would fall to the 10 guesses a
+    /// minute the throttle still allows.
+    fn check_secret_lengths(&self) -> Result<(), ConfigError> {
+        let short = |s: &str, min: usize| s.trim().chars().count() < min;
+        if let Some(k) = self.admin_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            if short(k, MIN_SECRET_LEN) {
+                return Err(invalid(
+                    "SWITCHBOARD_ADMIN_KEY",
+                    &format!(
+                        "is shorter than {MIN_SECRET_LEN} characters; public mode refuses guessable \
+                         secrets (unset it to have one generated, or use e.g. `openssl rand -hex 24`)"
+                    ),
+                ));
+            }
+        }
+        if let Some(i) = self
+            .client_keys()
+            .iter()
+            .position(|k| short(k, MIN_SECRET_LEN))
+        {
+            return Err(invalid(
+                "SWITCHBOARD_API_KEYS",
+                &format!(
+                    "key #{} is shorter than {MIN_SECRET_LEN} characters; public mode refuses \
+                     guessable secrets (e.g. `openssl rand -hex 24`)",
+                    i + 1
+                ),
+            ));
+        }
+        if let Some(p) = self.ui_password.as_deref().filter(|p| !p.is_empty()) {
+            if short(p, MIN_PASSWORD_LEN) {
+                return Err(invalid(
+                    "SWITCHBOARD_UI_PASSWORD",
+                    &format!(
+                        "is shorter than {MIN_PASSWORD_LEN} characters; public mode refuses \
+                         guessable passwords"
+                    ),
+                ));
+            }
+        }
+        if let Some(s) = self.push_secret.as_deref().filter(|s| !s.trim().is_empty()) {
+            if short(s, MIN_SECRET_LEN) {
+                return Err(invalid(
+                    "SWITCHBOARD_PUSH_SECRET",
+                    &format!(
+                        "is shorter than {MIN_SECRET_LEN} characters; public mode refuses \
+                         guessable secrets (e.g. `openssl rand -hex 24`)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The extra hosts of `SWITCHBOARD_ALLOWED_HOSTS`, lowercased, empty entries dropped.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.allowed_hosts
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect()
     }
 
     /// Seconds as a `Duration` (values are validated positive).
@@ -428,12 +516,15 @@ mod tests {
             "--host",
             "0.0.0.0",
             "--ui-password",
-            "p",
+            "a-long-password",
             "--api-keys",
-            "k1, k2",
+            "client-key-0000001, client-key-0000002",
         ]);
         assert_eq!(ok.validate(), Ok(()));
-        assert_eq!(ok.client_keys(), ["k1", "k2"]);
+        assert_eq!(
+            ok.client_keys(),
+            ["client-key-0000001", "client-key-0000002"]
+        );
         assert_eq!(
             parse(&["--host", "0.0.0.0", "--insecure-public", "1"]).validate(),
             Ok(())
@@ -447,6 +538,56 @@ mod tests {
             "1"
         ])
         .demo_enabled());
+    }
+
+    #[test]
+    fn public_mode_refuses_short_secrets_naming_the_variable() {
+        let with = |extra: &[&str]| {
+            let mut args = vec!["--host", "0.0.0.0"];
+            for (flag, default) in [
+                ("--ui-password", "a-long-password"),
+                ("--api-keys", "client-key-0000001"),
+            ] {
+                if !extra.contains(&flag) {
+                    args.extend([flag, default]);
+                }
+            }
+            args.extend_from_slice(extra);
+            parse(&args).validate()
+        };
+        assert_eq!(with(&[]), Ok(()));
+        for (extra, var) in [
+            (&["--admin-key", "a"][..], "SWITCHBOARD_ADMIN_KEY"),
+            (
+                &["--api-keys", "client-key-0000001,short"][..],
+                "SWITCHBOARD_API_KEYS",
+            ),
+            (
+                &["--ui-password", "elevenchars"][..],
+                "SWITCHBOARD_UI_PASSWORD",
+            ),
+            (
+                &[
+                    "--push-callback-url",
+                    "http://app.example/cb",
+                    "--push-secret",
+                    "s",
+                ][..],
+                "SWITCHBOARD_PUSH_SECRET",
+            ),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{var}: {err}");
+        }
+        // Local mode keeps short secrets working (tests, a laptop).
+        assert_eq!(parse(&["--admin-key", "a"]).validate(), Ok(()));
+        let err = parse(&["--cors-origins", "example.com"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("SWITCHBOARD_CORS_ORIGINS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Send `WWW-Authenticate: Basic` (401 on UI routes).
     pub basic_realm: bool,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -38,6 +40,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             basic_realm: false,
+            allow: None,
         }
     }
 
@@ -58,11 +61,11 @@ impl ApiError {
         e
     }
 
-    /// 401: missing or wrong client key on `/v1`.
+    /// 401: missing or wrong credentials (OpenAI's type and code for a bad API key).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "authentication_error",
+            "invalid_request_error",
             Some("invalid_api_key"),
             message,
         )
@@ -74,6 +77,52 @@ impl ApiError {
             StatusCode::FORBIDDEN,
             "permission_error",
             Some("invalid_admin_key"),
+            message,
+        )
+    }
+
+    /// 403: a browser request from a foreign `Origin` (SPEC §8).
+    pub fn origin_not_allowed(origin: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("origin_not_allowed"),
+            format!(
+                "requests from the web origin {origin} are not accepted here (not this server's \
+                 origin nor listed in SWITCHBOARD_CORS_ORIGINS)"
+            ),
+        )
+    }
+
+    /// 403: a `Host` that is not this local broker's (DNS rebinding, SPEC §8).
+    pub fn host_not_allowed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("host_not_allowed"),
+            "this Host is not served: a local broker answers loopback addresses, localhost and \
+             the hosts in SWITCHBOARD_ALLOWED_HOSTS",
+        )
+    }
+
+    /// 405 for a known path with another method; `allow` lists the methods it takes.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{path} does not take {method}; it takes {allow}"),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    /// 502: a backend answered something the broker will not relay (a redirect).
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            Some("bad_gateway"),
             message,
         )
     }
@@ -149,7 +198,7 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            Some("rate_limited"),
+            Some("rate_limit_exceeded"),
             message,
         );
         e.retry_after = Some(retry_after);
@@ -221,6 +270,11 @@ impl ResponseError for ApiError {
         if let Some(s) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, s.to_string()));
         }
+        if let Some(allow) = self.allow {
+            resp.insert_header((header::ALLOW, allow));
+        }
+        // Error bodies are JSON that may echo client text: never let a browser sniff them.
+        resp.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
         if self.basic_realm {
             resp.insert_header((
                 header::WWW_AUTHENTICATE,

@@ -183,7 +183,14 @@ async fn run(config: Config) -> Result<(), String> {
         },
         trust_proxy: config.trust_proxy,
         metrics: Arc::new(metrics::GatewayMetrics::default()),
-        rate_limiter: rate_limit::RateLimiter::new(config.rate_limit_per_min),
+        rate_limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limit_per_min)),
+        failures: Arc::default(),
+        browser: http::guard::BrowserPolicy {
+            local: config.is_local(),
+            allowed_hosts: config.allowed_hosts(),
+            cors: http::guard::CorsOrigins::parse(config.cors_origins.as_deref().unwrap_or(""))
+                .map_err(|e| format!("SWITCHBOARD_CORS_ORIGINS: {e}"))?,
+        },
         rate_limit_per_min: config.rate_limit_per_min,
         max_sessions: config.max_sessions,
         outbound_limit: config.outbound_limit_bytes,
@@ -191,8 +198,10 @@ async fn run(config: Config) -> Result<(), String> {
         supervisor: supervisor.clone(),
         admin_key,
         started,
-        started_unix: switchboard_actors::record::now_ms() / 1000,
     });
+
+    rate_limit::spawn_sweeper(&state.rate_limiter, rate_limit::SWEEP_EVERY);
+    rate_limit::spawn_sweeper(&state.failures, rate_limit::SWEEP_EVERY);
 
     let app_state = state.clone();
     let gate = http::gate::GateSettings {
@@ -211,6 +220,7 @@ async fn run(config: Config) -> Result<(), String> {
             .wrap(actix_web::middleware::from_fn(
                 move |req, next: actix_web::middleware::Next<_>| http::gate::gate(req, next, gate),
             ))
+            .wrap(actix_web::middleware::from_fn(http::guard::guard))
     })
     // Slow and abusive clients are cut off (SPEC §8): a request head late by the request
     // timeout gets 408 (its body: http/gate.rs), an idle keep-alive connection is closed.

@@ -12,6 +12,11 @@ use switchboard_actors::metrics::{label, Histogram, LATENCY_BUCKETS_US};
 use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::sessions::Sessions;
 
+use crate::auth::{Reason, Surface};
+
+/// The `model` label of requests naming no registered model.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
 /// Routes whose latency is tracked separately (others are "other").
 const ROUTES: &[&str] = &[
     Endpoint::Chat.path(),
@@ -33,6 +38,73 @@ pub struct GatewayMetrics {
     ttfb: Histogram,
     /// Proxied responses whose client went away before the end (upstream closed with them).
     client_disconnects: AtomicU64,
+    /// Refused credentials, Origins and Hosts, and 429s (SPEC §8 "Refusals are visible").
+    pub refusals: Refusals,
+}
+
+/// `switchboard_auth_failures_total{surface,reason}` and
+/// `switchboard_rate_limited_total{surface}`: fixed label sets, so a counter per cell.
+pub struct Refusals {
+    auth: [[AtomicU64; Reason::ALL.len()]; Surface::ALL.len()],
+    rate: [AtomicU64; Surface::ALL.len()],
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            auth: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            rate: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Refusals {
+    fn index<T: PartialEq>(all: &[T], x: &T) -> usize {
+        all.iter().position(|y| y == x).unwrap_or(0)
+    }
+
+    /// One refused credential (or Origin / Host) on `surface`.
+    pub fn auth_failure(&self, surface: Surface, reason: Reason) {
+        self.auth[Self::index(&Surface::ALL, &surface)][Self::index(&Reason::ALL, &reason)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One 429 on `surface` (request rate, connection cap or the guessing throttle).
+    pub fn rate_limited(&self, surface: Surface) {
+        self.rate[Self::index(&Surface::ALL, &surface)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_auth_failures_total Refused credentials, Origins and Hosts by surface and reason.\n\
+             # TYPE switchboard_auth_failures_total counter"
+        );
+        for (s, surface) in Surface::ALL.iter().enumerate() {
+            for (r, reason) in Reason::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "switchboard_auth_failures_total{{surface=\"{}\",reason=\"{}\"}} {}",
+                    surface.as_str(),
+                    reason.as_str(),
+                    self.auth[s][r].load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_rate_limited_total Requests answered 429 by surface.\n\
+             # TYPE switchboard_rate_limited_total counter"
+        );
+        for (s, surface) in Surface::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchboard_rate_limited_total{{surface=\"{}\"}} {}",
+                surface.as_str(),
+                self.rate[s].load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 impl Default for GatewayMetrics {
@@ -45,12 +117,14 @@ impl Default for GatewayMetrics {
                 .collect(),
             ttfb: Histogram::new(LATENCY_BUCKETS_US),
             client_disconnects: AtomicU64::new(0),
+            refusals: Refusals::default(),
         }
     }
 }
 
 impl GatewayMetrics {
-    /// Counts one finished request (committed or refused).
+    /// Counts one finished request (committed or refused). `model` must be a registered
+    /// model name or [`UNKNOWN_MODEL`]: labels never carry client text (SPEC §8).
     pub fn record(
         &self,
         route: &'static str,
@@ -289,6 +363,7 @@ pub fn render(
     }
     // Routing decisions, queues and prefix matches (SPEC §2.1).
     table.render_metrics(&mut out);
+    gw.refusals.render(&mut out);
     out
 }
 

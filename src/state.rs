@@ -28,8 +28,12 @@ pub struct AppState {
     pub outbound_limit: usize,
     /// The proxy's counters for `/metrics`.
     pub metrics: Arc<crate::metrics::GatewayMetrics>,
-    /// Per-IP token buckets of the API routes.
-    pub rate_limiter: crate::rate_limit::RateLimiter,
+    /// Per-IP token buckets of the API routes (swept by a timer).
+    pub rate_limiter: Arc<crate::rate_limit::RateLimiter>,
+    /// Failed credential checks per IP: the guessing throttle (swept by a timer).
+    pub failures: Arc<crate::rate_limit::FailureThrottle>,
+    /// Host, Origin and CORS rules (`http::guard`).
+    pub browser: crate::http::guard::BrowserPolicy,
     pub rate_limit_per_min: u32,
     pub max_sessions: usize,
     /// Take client IPs from `X-Forwarded-For` (behind a trusted proxy).
@@ -41,8 +45,6 @@ pub struct AppState {
     /// Fired when the shutdown drain times out; committed gateway streams end with an error.
     pub drain: Arc<crate::http::relay::DrainSignal>,
     pub started: Instant,
-    /// Start time as unix seconds (the `created` of listed models).
-    pub started_unix: u64,
 }
 
 /// This worker's upstream client. `awc::Client` is `!Send`, so each HTTP worker builds its own

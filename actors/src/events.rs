@@ -268,6 +268,12 @@ pub struct SendTurn {
 /// is read first and the rest parsed as that message's fields, so a wrong field is named
 /// (an internally tagged enum would buffer the fields and lose the path).
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let message = parse_message_fields(text)?;
+    message.check_untrusted().map_err(|(_, e)| e)?;
+    Ok(message)
+}
+
+fn parse_message_fields(text: &str) -> Result<ClientMessage, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let serde_json::Value::Object(mut fields) = value else {
@@ -318,6 +324,49 @@ struct HelloFields {
 struct CancelFields {
     request_id: String,
     model: Option<String>,
+}
+
+/// Refuses a client-chosen identifier with a control character: ids and model names reach
+/// logs, metric labels and headers, where a newline would forge a log line (SPEC §8
+/// "Untrusted text stays data"). The error names the field.
+pub fn check_untrusted(field: &'static str, value: &str) -> Result<(), (&'static str, String)> {
+    if value.chars().any(char::is_control) {
+        Err((
+            field,
+            format!("`{field}` must not contain control characters"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+impl ClientMessage {
+    /// [`check_untrusted`] for every identifier of the message: `(field, message)` on failure.
+    pub fn check_untrusted(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            ClientMessage::Hello { session_id, .. } => session_id
+                .as_deref()
+                .map_or(Ok(()), |id| check_untrusted("session_id", id)),
+            ClientMessage::Send(send) => send.check_untrusted(),
+            ClientMessage::Cancel { request_id, model } => {
+                check_untrusted("request_id", request_id)?;
+                model
+                    .as_deref()
+                    .map_or(Ok(()), |m| check_untrusted("model", m))
+            }
+            ClientMessage::Clear {} | ClientMessage::Ping {} => Ok(()),
+        }
+    }
+}
+
+impl SendTurn {
+    /// [`check_untrusted`] for the turn's request id and model names.
+    pub fn check_untrusted(&self) -> Result<(), (&'static str, String)> {
+        check_untrusted("request_id", &self.request_id)?;
+        self.models
+            .iter()
+            .try_for_each(|m| check_untrusted("models", m))
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +424,15 @@ mod tests {
         assert!(parse_client_message("nope").is_err());
         assert!(parse_client_message(r#"{"type":"dance"}"#).is_err());
         assert!(parse_client_message(r#"{"type":"send","request_id":"r"}"#).is_err());
+        for forged in [
+            r#"{"type":"send","request_id":"r\n[WARN] FORGED","content":"hi","models":["a"]}"#,
+            r#"{"type":"send","request_id":"r","content":"hi","models":["a\u0007"]}"#,
+            r#"{"type":"cancel","request_id":"r\r\nx"}"#,
+            r#"{"type":"hello","session_id":"s\n"}"#,
+        ] {
+            let err = parse_client_message(forged).unwrap_err();
+            assert!(err.contains("control characters"), "{forged}: {err}");
+        }
         assert!(parse_client_message("[1]").is_err());
     }
 }

@@ -37,6 +37,10 @@ pub struct BackendHandle {
     pub api_key: Option<String>,
     /// Precomputed `Bearer <key>` header value, so the hot path does not format per request.
     pub auth_header: Option<String>,
+    /// The registration's owner (`owned_by` in `/v1/models`).
+    pub owner: Option<String>,
+    /// When it was first registered, unix ms (`created` in `/v1/models`).
+    pub registered_at_ms: u64,
     /// Upstream URLs of the OpenAI routes, parsed once per backend instead of per request.
     uris: Vec<(Endpoint, awc::http::Uri)>,
     healthy: AtomicBool,
@@ -86,6 +90,8 @@ impl BackendHandle {
             base_url: base,
             auth_header: api_key.as_ref().map(|k| format!("Bearer {k}")),
             api_key,
+            owner: None,
+            registered_at_ms: 0,
             healthy: AtomicBool::new(true),
             active: AtomicBool::new(true),
             in_flight: Arc::new(AtomicU64::new(0)),

@@ -184,6 +184,8 @@ impl HealthSupervisor {
             record.upstream_model.as_deref(),
             record.health_check == HealthCheckMode::Passive,
         );
+        handle.owner.clone_from(&record.owner);
+        handle.registered_at_ms = record.registered_at;
         // An update replaces the handle while requests may still run on the old one.
         if let Some(prev) = self.table.find(id) {
             handle = handle.inherit_load(&prev);

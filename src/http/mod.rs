@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backup;
 pub mod conn;
 pub mod gate;
+pub mod guard;
 pub mod openai;
 pub mod ops;
 pub mod outbox;
@@ -38,9 +39,55 @@ pub fn get_or_head() -> actix_web::Route {
     web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
-/// Unknown routes answer in the same error shape as everything else.
+/// The methods of every route pattern, for the `Allow` header of a 405 (SPEC §2: a known path
+/// with the wrong method). A route added in a `configure` above needs its line here; a test
+/// (`tests/it/security.rs`) walks this table against the live routes.
+pub const ALLOW: &[(&str, &str)] = &[
+    ("/v1/models", "GET"),
+    ("/v1/models/{model:.+}", "GET"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/completions", "POST"),
+    ("/v1/embeddings", "POST"),
+    ("/admin/register", "POST"),
+    ("/admin/register/{id}", "PUT, DELETE"),
+    ("/admin/servers", "GET"),
+    ("/admin/servers/{id}", "GET"),
+    ("/admin/servers/{id}/health-check", "POST"),
+    ("/admin/servers/{id}/activate", "POST"),
+    ("/admin/stats", "GET"),
+    ("/health", "GET, HEAD"),
+    ("/metrics", "GET"),
+    ("/debug/memory", "GET"),
+    ("/api/limitations", "GET, HEAD"),
+    ("/ws", "GET"),
+    ("/api/sessions", "POST"),
+    ("/api/sessions/{id}", "GET, DELETE"),
+    ("/api/sessions/{id}/events", "GET"),
+    ("/api/sessions/{id}/messages", "POST"),
+    ("/api/sessions/{id}/cancel", "POST"),
+    ("/api/sessions/{id}/clear", "POST"),
+    ("/push/{tail:.*}", "GET"),
+    ("/internal/send", "POST"),
+];
+
+/// Unknown routes answer 404 in the same error shape as everything else; a known path with
+/// another method 405 with `Allow`.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    let err = ApiError::not_found(format!("no route for {} {}", req.method(), req.path()));
+    let allow = req
+        .resource_map()
+        .match_pattern(req.path())
+        .and_then(|pattern| {
+            ALLOW
+                .iter()
+                .find(|(p, _)| *p == pattern)
+                .map(|(_, methods)| *methods)
+                // Pages and assets (ui.rs) take GET and HEAD.
+                .or_else(|| ui::is_asset(&pattern).then_some("GET, HEAD"))
+        });
+    let err = match allow {
+        Some(allow) => ApiError::method_not_allowed(req.method().as_str(), req.path(), allow),
+        None => ApiError::not_found(format!("no route for {} {}", req.method(), req.path())),
+    };
     actix_web::ResponseError::error_response(&err)
 }
 

@@ -101,6 +101,13 @@ pub fn parse_request_hints(
             None => ApiError::invalid(format!("request body must be a JSON object: {e}")),
         })?;
     let model = match head.model {
+        Some(serde_json::Value::String(m)) if m.chars().any(char::is_control) => {
+            // Model names reach logs and headers: a newline would forge a log line.
+            return Err(ApiError::invalid_param(
+                "model",
+                "`model` must not contain control characters",
+            ));
+        }
         Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m,
         Some(serde_json::Value::String(_)) | None => {
             return Err(ApiError::invalid_param("model", "`model` is required"))
@@ -193,14 +200,28 @@ fn new_request_id() -> String {
     })
 }
 
-/// The client's request id when it sent a sane one, else a new uuid.
-pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
+/// The client's request id when it sent a usable one (at most 128 visible ASCII characters),
+/// else a new uuid. One with a control character (or any byte outside printable ASCII) is
+/// refused with 400: request ids reach logs and headers, where such text could forge a line.
+pub fn request_id(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(REQUEST_ID_HEADER) else {
+        return Ok(new_request_id());
+    };
+    if value
+        .as_bytes()
+        .iter()
+        .any(|b| b.is_ascii_control() || !b.is_ascii())
+    {
+        return Err(ApiError::invalid_param(
+            "X-Request-Id",
+            "the X-Request-Id header must be printable ASCII (no control characters)",
+        ));
+    }
+    Ok(value
+        .to_str()
+        .ok()
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id)
+        .map_or_else(new_request_id, str::to_string))
 }
 
 /// What a finished request is counted as in `/metrics`, and the id it is known by.
@@ -218,21 +239,30 @@ async fn proxy(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
+    let (request_id, bad_id) = match request_id(req.headers()) {
+        Ok(id) => (id, None),
+        Err(e) => (new_request_id(), Some(e)),
+    };
     let mut outcome = Outcome {
         model: "-".into(),
         backend: "-".into(),
-        request_id: request_id(req.headers()),
+        request_id,
     };
-    let result = proxy_attempts(
-        &req,
-        payload,
-        &state,
-        &client.0,
-        endpoint,
-        arrived,
-        &mut outcome,
-    )
-    .await;
+    let result = match bad_id {
+        Some(e) => Err(e),
+        None => {
+            proxy_attempts(
+                &req,
+                payload,
+                &state,
+                &client.0,
+                endpoint,
+                arrived,
+                &mut outcome,
+            )
+            .await
+        }
+    };
     let status = match &result {
         Ok(resp) => resp.status().as_u16(),
         Err(e) => e.status.as_u16(),
@@ -265,12 +295,13 @@ async fn proxy_attempts(
     arrived: Instant,
     outcome: &mut Outcome,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_client(req.headers(), &state.client_keys)?;
+    auth::require_client(req, state)?;
     check_rate(req, state)?;
     let body = read_body(req, payload, state.proxy.max_body_bytes).await?;
     let full = state.table.policy() == RoutingPolicy::Full;
     let (model, hints) = parse_request_hints(&body, endpoint, full)?;
-    outcome.model.clone_from(&model);
+    // Metric labels carry registered model names only (SPEC §8): anything else is "unknown".
+    outcome.model = crate::metrics::UNKNOWN_MODEL.into();
     let request_id = outcome.request_id.clone();
 
     let mut last_error = String::new();
@@ -287,12 +318,35 @@ async fn proxy_attempts(
         let routed = match state.table.route(&request).await {
             Ok(routed) => routed,
             Err(RouteError::NoHealthyBackend) if !tried.is_empty() => break,
-            Err(e) => return Err(route_error(e, &model)),
+            Err(e) => {
+                if e != RouteError::UnknownModel {
+                    outcome.model.clone_from(&model);
+                }
+                return Err(route_error(e, &model));
+            }
         };
+        if tried.is_empty() {
+            outcome.model.clone_from(&model);
+        }
         let (guard, kind) = (routed.guard, routed.kind);
         let backend = Arc::clone(guard.backend());
         tried.push(backend.id);
         match try_backend(client, &backend, req, &body, endpoint, &request_id, state).await {
+            Ok(committed) if committed.status.is_redirection() => {
+                // A redirect is never relayed: its Location would reveal the backend's
+                // address, and following it would bypass the URL policy (SPEC §8).
+                log::warn!(
+                    "request_id={request_id} model={model} backend={} answered a redirect (HTTP {}); 502",
+                    backend.id,
+                    committed.status.as_u16()
+                );
+                outcome.backend = backend.id_text.to_string();
+                return Err(ApiError::bad_gateway(format!(
+                    "the backend answered a redirect (HTTP {}), which is not relayed; check its \
+                     endpoint_url",
+                    committed.status.as_u16()
+                )));
+            }
             Ok(committed) => {
                 backend.report_success();
                 let commit_ms = arrived.elapsed().as_millis() as u64;
@@ -329,10 +383,12 @@ async fn proxy_attempts(
     )))
 }
 
-/// The per-IP rate limit of API routes: 429 with `Retry-After`.
+/// The per-IP rate limit of API routes: 429 with `Retry-After` (counted, and logged once a
+/// minute per client).
 pub fn check_rate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let ip = crate::http::client_ip(req, state.trust_proxy);
     state.rate_limiter.check(ip).map_err(|retry_after| {
+        auth::rate_limited(req, state, auth::Surface::of_path(req.path()), retry_after);
         ApiError::rate_limited(
             format!(
                 "rate limit of {} requests a minute exceeded; retry in {retry_after} s",
@@ -549,7 +605,7 @@ async fn list_models(
     let snapshot = state.table.snapshot();
     let mut models: Vec<_> = snapshot
         .iter()
-        .filter_map(|(name, route)| model_entry(name, &route.backends, state.started_unix))
+        .filter_map(|(name, route)| model_entry(name, &route.backends))
         .collect();
     models.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": models})))
@@ -566,7 +622,7 @@ async fn get_model(
     let snapshot = state.table.snapshot();
     snapshot
         .get(path.as_str())
-        .and_then(|route| model_entry(&path, &route.backends, state.started_unix))
+        .and_then(|route| model_entry(&path, &route.backends))
         .map(|entry| HttpResponse::Ok().json(entry))
         .ok_or_else(|| ApiError::model_not_found(&path))
 }
@@ -577,20 +633,36 @@ fn require_lister(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     if auth::ui_login_given(req.headers(), &state.ui_credentials) {
         return Ok(());
     }
-    auth::require_client(req.headers(), &state.client_keys)
+    auth::require_client(req, state)
 }
 
-/// A model's `/v1/models` entry, when it has an active backend.
-fn model_entry(
-    name: &str,
-    backends: &[Arc<BackendHandle>],
-    created: u64,
-) -> Option<serde_json::Value> {
+/// A model's `/v1/models` entry, when it has an active backend: `created` is its first
+/// registration (unix seconds), `owned_by` the owners of its registrations, comma-joined
+/// ("switchboard" when none has one).
+fn model_entry(name: &str, backends: &[Arc<BackendHandle>]) -> Option<serde_json::Value> {
     let active = backends.iter().filter(|b| b.is_active()).count();
     let healthy = backends.iter().filter(|b| b.is_routable()).count();
     (active > 0).then(|| {
+        let created = backends
+            .iter()
+            .map(|b| b.registered_at_ms / 1000)
+            .min()
+            .unwrap_or(0);
+        let mut owners: Vec<&str> = backends
+            .iter()
+            .filter_map(|b| b.owner.as_deref())
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let owned_by = if owners.is_empty() {
+            "switchboard".to_string()
+        } else {
+            owners.join(",")
+        };
         json!({"id": name, "object": "model", "created": created,
-               "owned_by": "switchboard", "backends": active, "healthy_backends": healthy})
+               "owned_by": owned_by, "backends": active, "healthy_backends": healthy})
     })
 }
 
@@ -656,6 +728,13 @@ mod tests {
         );
         assert_eq!(
             status(parse_request(
+                b"{\"model\":\"m\\nFORGED\",\"messages\":[]}",
+                Endpoint::Chat
+            )),
+            Err((400, Some("model".into())))
+        );
+        assert_eq!(
+            status(parse_request(
                 br#"{"model":"m","input":"x"}"#,
                 Endpoint::Embeddings
             )),
@@ -682,11 +761,19 @@ mod tests {
             HeaderName::from_static(REQUEST_ID_HEADER),
             header::HeaderValue::from_static("abc-1"),
         );
-        assert_eq!(request_id(&h), "abc-1");
+        assert_eq!(request_id(&h).ok().as_deref(), Some("abc-1"));
         h.insert(
             HeaderName::from_static(REQUEST_ID_HEADER),
             header::HeaderValue::from_static("has space"),
         );
-        assert_ne!(request_id(&h), "has space");
+        assert_ne!(request_id(&h).ok().as_deref(), Some("has space"));
+        h.insert(
+            HeaderName::from_static(REQUEST_ID_HEADER),
+            header::HeaderValue::from_static("tab\there"),
+        );
+        assert_eq!(
+            request_id(&h).map_err(|e| (e.status.as_u16(), e.param)),
+            Err((400, Some("X-Request-Id".into())))
+        );
     }
 }

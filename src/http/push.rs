@@ -24,7 +24,7 @@ use switchboard_actors::push::{
 use switchboard_actors::sessions::ConnectionSlot;
 use tokio::time::{interval_at, Instant, Interval};
 
-use crate::auth::{bearer, constant_time_eq};
+use crate::auth::{self, bearer, Denied, Reason, Surface, UiCredentials};
 use crate::errors::ApiError;
 use crate::http::openai::read_body;
 use crate::state::AppState;
@@ -51,18 +51,26 @@ fn hub<'a>(state: &'a AppState, req: &HttpRequest) -> Result<&'a Arc<PushHub>, A
 }
 
 /// The client's request headers as one JSON object (lowercase names; repeated headers joined
-/// with `, `, cookies with `; `). `Authorization` and `Cookie` are passed on as they are: the
-/// application needs them to decide who connected, and the callback URL is the operator's.
-fn headers_json(headers: &HeaderMap) -> Value {
+/// with `, `, cookies with `; `). The application's own `Authorization` and `Cookie` are passed
+/// on (it needs them to decide who connected), but never the broker's own credentials: an
+/// `Authorization` that is the UI's Basic login (a browser that logged in to the dashboard
+/// sends it to every path of the origin) is left out, and so is an `X-API-Key`.
+fn headers_json(headers: &HeaderMap, ui: &UiCredentials) -> Value {
     let mut map = serde_json::Map::new();
     for name in headers.keys() {
+        if name == "x-api-key" {
+            continue;
+        }
         let sep = if name == header::COOKIE { "; " } else { ", " };
         let joined = headers
             .get_all(name)
+            .filter(|v| !(name == header::AUTHORIZATION && auth::is_ui_login(v.as_bytes(), ui)))
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(sep);
-        map.insert(name.as_str().to_string(), Value::String(joined));
+            .collect::<Vec<_>>();
+        if joined.is_empty() {
+            continue;
+        }
+        map.insert(name.as_str().to_string(), Value::String(joined.join(sep)));
     }
     Value::Object(map)
 }
@@ -86,15 +94,19 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     if state.sessions.is_draining() || hub.is_shutting_down() {
         return Err(ApiError::unavailable("server is draining; reconnect later"));
     }
+    // Each connect costs the application a callback: it counts against the per-IP rate.
+    crate::http::openai::check_rate(&req, &state)?;
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
+        auth::rate_limited(&req, &state, Surface::Push, 5);
         ApiError::rate_limited("too many streaming connections from this address", 5)
     })?;
     let url = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.path().to_string(), |pq| pq.as_str().to_string());
-    let request = json!({"url": url, "headers": headers_json(req.headers())});
+    let request =
+        json!({"url": url, "headers": headers_json(req.headers(), &state.ui_credentials)});
     let mut conn = hub
         .open(request)
         .map_err(|_| ApiError::unavailable("server is draining; reconnect later"))?;
@@ -155,9 +167,10 @@ struct SendBody {
     close: bool,
 }
 
-/// The secret from `Authorization: Bearer` or `?secret=`, compared in constant time. 401 is
-/// answered here and nowhere else in the push gateway.
-fn authorize(req: &HttpRequest, hub: &PushHub) -> Result<(), ApiError> {
+/// The secret from `Authorization: Bearer` or `?secret=`, compared in constant time, counted
+/// and throttled like every credential. 401 is answered here and nowhere else in the push
+/// gateway.
+fn authorize(req: &HttpRequest, state: &AppState, hub: &PushHub) -> Result<(), ApiError> {
     let from_query = || {
         web::Query::<HashMap<String, String>>::from_query(req.query_string())
             .ok()
@@ -166,15 +179,19 @@ fn authorize(req: &HttpRequest, hub: &PushHub) -> Result<(), ApiError> {
     let given = bearer(req.headers())
         .map(str::to_string)
         .or_else(from_query);
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), hub.secret().as_bytes()) => Ok(()),
-        Some(_) => {
-            Err(ApiError::unauthorized("invalid push secret").with_code("invalid_push_secret"))
-        }
-        None => Err(ApiError::unauthorized(
+    let verdict = auth::gate(req, state, Surface::Push, || {
+        auth::secret_verdict(given.as_deref(), hub.secret())
+    });
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(Denied::Throttled(e)) => Err(e),
+        Err(Denied::Refused(Reason::Missing)) => Err(ApiError::unauthorized(
             "push secret required: send Authorization: Bearer <secret> or ?secret=<secret>",
         )
         .with_code("invalid_push_secret")),
+        Err(Denied::Refused(_)) => {
+            Err(ApiError::unauthorized("invalid push secret").with_code("invalid_push_secret"))
+        }
     }
 }
 
@@ -184,7 +201,7 @@ async fn send(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let hub = hub(&state, &req)?;
-    authorize(&req, hub)?;
+    authorize(&req, &state, hub)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b: SendBody = switchboard_actors::json::from_slice(&body)?;
     if b.event.is_none() && !b.close {

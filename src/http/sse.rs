@@ -57,17 +57,19 @@ pub fn models_available(table: &RoutingTable) -> Vec<String> {
 }
 
 fn guard(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    if crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
-        Ok(())
-    } else {
-        Err(
-            ApiError::unauthorized("this route needs the UI credentials (HTTP Basic)")
-                .basic_challenge(),
-        )
-    }
+    crate::auth::require_ui(req, state, crate::auth::Surface::Sessions)
+}
+
+/// 400 naming the field when a client-chosen id carries a control character.
+fn untrusted(checked: Result<(), (&'static str, String)>) -> Result<(), ApiError> {
+    checked.map_err(|(field, message)| ApiError::invalid_param(field, message))
 }
 
 fn session(state: &AppState, id: &str) -> Result<Addr<Session>, ApiError> {
+    untrusted(switchboard_actors::events::check_untrusted(
+        "session_id",
+        id,
+    ))?;
     state.sessions.get(id).ok_or_else(|| {
         ApiError::not_found(format!("no session {id} (unknown or expired)"))
             .with_code("session_not_found")
@@ -163,6 +165,7 @@ async fn send(
     if b.kind.is_some_and(|k| k != "send") {
         return Err(ApiError::invalid("`type`, when given, must be \"send\""));
     }
+    untrusted(b.send.check_untrusted())?;
     let request_id = b.send.request_id.clone();
     run_command(&state, &path, Command::Send(b.send)).await?;
     Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
@@ -183,6 +186,13 @@ async fn cancel(
     guard(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b: CancelBody = parse(&body)?;
+    untrusted(switchboard_actors::events::check_untrusted(
+        "request_id",
+        &b.request_id,
+    ))?;
+    if let Some(m) = &b.model {
+        untrusted(switchboard_actors::events::check_untrusted("model", m))?;
+    }
     run_command(
         &state,
         &path,
@@ -222,6 +232,7 @@ async fn events(
     }
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
+        crate::auth::rate_limited(&req, &state, crate::auth::Surface::Sessions, 5);
         ApiError::rate_limited("too many session connections from this address", 5)
     })?;
     let from_header = req

@@ -4,7 +4,6 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::errors::ApiError;
 use crate::state::AppState;
 
 /// Content-Security-Policy of every page: only our own origin, never framed.
@@ -66,6 +65,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/favicon.ico", crate::http::get_or_head().to(no_icon));
 }
 
+/// Whether `path` is a page or asset this module serves (GET and HEAD).
+pub fn is_asset(path: &str) -> bool {
+    path == "/favicon.ico" || ASSETS.iter().any(|a| a.path == path)
+}
+
 /// Browsers ask for an icon on every page; an empty answer keeps their consoles clean.
 async fn no_icon() -> HttpResponse {
     HttpResponse::NoContent()
@@ -77,10 +81,10 @@ async fn serve(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let Some(asset) = ASSETS.iter().find(|a| a.path == req.path()) else {
         return HttpResponse::NotFound().finish();
     };
-    if !asset.public && !crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
-        let err = ApiError::unauthorized("this page needs the UI credentials (HTTP Basic)")
-            .basic_challenge();
-        return actix_web::ResponseError::error_response(&err);
+    if !asset.public {
+        if let Err(err) = crate::auth::require_ui(&req, &state, crate::auth::Surface::Ui) {
+            return actix_web::ResponseError::error_response(&err);
+        }
     }
     HttpResponse::Ok()
         .content_type(asset.content_type)

@@ -71,7 +71,10 @@ async fn upgrade(
     let conn_id = state.sessions.next_connection_id();
     // Limits are enforced after the upgrade, so a browser can see the close code.
     let slot = state.sessions.claim_connection(ip);
-    let preclose = if !crate::auth::ui_allowed(req.headers(), &state.ui_credentials) {
+    // A throttled client (too many failed logins) gets 429 before the upgrade; a refused
+    // login is closed with 1008 after it. Both are counted and logged (auth::gate).
+    let logged_in = crate::auth::ws_login(&req, &state)?;
+    let preclose = if !logged_in {
         Some((close::UNAUTHORIZED, "unauthorized"))
     } else if state.sessions.is_draining() {
         Some((close::UNAVAILABLE, "server draining; reconnect later"))

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::harness::*;
 
 /// `(method, path)` of every route registered in `src/http/*.rs` (and the UI assets).
-fn routes_in_source() -> BTreeSet<(String, String)> {
+pub fn routes_in_source() -> BTreeSet<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir(dir).expect("src/http") {
@@ -51,7 +51,7 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
 }
 
 /// `{tail:.*}` style actix patterns are documented as `{tail}`.
-fn normalise(route: &str) -> String {
+pub fn normalise(route: &str) -> String {
     route
         .split('/')
         .map(

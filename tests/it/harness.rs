@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 /// The admin key every test broker uses.
-pub const ADMIN: &str = "test-admin-key";
+pub const ADMIN: &str = "test-admin-key-0001";
 
 /// A running broker process; killed on drop.
 pub struct Broker {
@@ -316,4 +316,27 @@ pub fn assert_error_shape(body: &Value) -> Option<String> {
         "param/code keys: {body}"
     );
     e.get("code").and_then(Value::as_str).map(str::to_string)
+}
+
+/// An `Authorization: Basic` value for `user:password`.
+pub fn basic(user: &str, password: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}").into_bytes();
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Basic {out}")
 }

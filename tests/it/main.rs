@@ -18,6 +18,7 @@ mod promtool;
 mod push;
 mod resume;
 mod routing;
+mod security;
 mod sessions;
 mod startup;
 mod storage;

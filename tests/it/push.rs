@@ -674,3 +674,97 @@ async fn thousand_connections_lose_nothing() {
         started.elapsed()
     );
 }
+
+#[actix_rt::test]
+async fn the_callback_never_gets_the_brokers_own_credentials() {
+    let app = CallbackApp::start(|_| Answer::ok(json!({})));
+    let broker = start_broker(&app, &[("SWITCHBOARD_UI_PASSWORD", "ui-password-01")]);
+    let client = stream_client();
+    let ui_login = crate::harness::basic("admin", "ui-password-01");
+    // A browser logged in to the dashboard sends its Basic login to every path of the origin.
+    let first = Sse::open(
+        &client,
+        &format!("{}/push/a", broker.url),
+        &[
+            ("authorization", &ui_login),
+            ("x-api-key", crate::harness::ADMIN),
+            ("x-user", "ana"),
+        ],
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+    // The application's own credentials still reach it.
+    let second = Sse::open(
+        &client,
+        &format!("{}/push/b", broker.url),
+        &[("authorization", "Bearer app-session-token")],
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::OK);
+    let connects = app.with_action("connect");
+    assert_eq!(connects.len(), 2);
+    let headers = &connects[0].body["request"]["headers"];
+    assert_eq!(headers["x-user"], "ana");
+    assert!(headers.get("authorization").is_none(), "{headers}");
+    assert!(headers.get("x-api-key").is_none(), "{headers}");
+    assert_eq!(
+        connects[1].body["request"]["headers"]["authorization"],
+        "Bearer app-session-token"
+    );
+}
+
+#[actix_rt::test]
+async fn push_connects_count_against_the_per_ip_rate_limit() {
+    let app = CallbackApp::start(|_| Answer::ok(json!({})));
+    let broker = start_broker(&app, &[("SWITCHBOARD_RATE_LIMIT_PER_MIN", "3")]);
+    let client = stream_client();
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let sse = Sse::open(&client, &format!("{}/push/r{i}", broker.url), &[]).await;
+        assert_eq!(sse.status, StatusCode::OK, "connect {i}");
+        open.push(sse);
+    }
+    // Read as a stream: before the fix this was a 200 that never ends.
+    let mut fourth = Sse::open(&client, &format!("{}/push/r3", broker.url), &[]).await;
+    assert_eq!(fourth.status, StatusCode::TOO_MANY_REQUESTS);
+    let mut text = String::new();
+    while let Ok(Some(Ok(chunk))) =
+        actix_rt::time::timeout(Duration::from_secs(5), fourth.body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!(
+        assert_error_shape(&body).as_deref(),
+        Some("rate_limit_exceeded")
+    );
+    assert_eq!(
+        app.with_action("connect").len(),
+        3,
+        "the refused connect cost the application no callback"
+    );
+}
+
+#[actix_rt::test]
+async fn a_foreign_origin_cannot_open_a_push_connection() {
+    let app = CallbackApp::start(|_| Answer::ok(json!({})));
+    let broker = start_broker(&app, &[]);
+    let client = stream_client();
+    for origin in ["http://evil.example", "null"] {
+        let sse = Sse::open(
+            &client,
+            &format!("{}/push/x", broker.url),
+            &[("origin", origin)],
+        )
+        .await;
+        assert_eq!(sse.status, StatusCode::FORBIDDEN, "{origin}");
+    }
+    assert!(app.calls().is_empty(), "no callback for a refused connect");
+    let own = Sse::open(
+        &client,
+        &format!("{}/push/x", broker.url),
+        &[("origin", &broker.url)],
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+}

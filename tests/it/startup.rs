@@ -35,6 +35,37 @@ fn public_mode_without_credentials_refuses_to_start() {
 }
 
 #[test]
+fn public_mode_refuses_guessable_secrets_naming_the_variable() {
+    let good = [
+        ("SWITCHBOARD_HOST", "0.0.0.0"),
+        ("SWITCHBOARD_UI_PASSWORD", "ui-password-01"),
+        ("SWITCHBOARD_API_KEYS", "client-key-000001"),
+    ];
+    for (var, short) in [
+        ("SWITCHBOARD_ADMIN_KEY", "a"),
+        ("SWITCHBOARD_API_KEYS", "client-key-000001,k2"),
+        ("SWITCHBOARD_UI_PASSWORD", "pw"),
+        ("SWITCHBOARD_PUSH_SECRET", "s3cret"),
+    ] {
+        let mut env: Vec<(&str, &str)> = good.iter().filter(|(k, _)| *k != var).copied().collect();
+        env.push((var, short));
+        if var == "SWITCHBOARD_PUSH_SECRET" {
+            env.push(("SWITCHBOARD_PUSH_CALLBACK_URL", "http://app.example/hook"));
+        }
+        let (code, text) = run(&env, &[]);
+        assert_eq!(code, 2, "{var}={short}: {text}");
+        assert!(
+            text.contains(var) && text.contains("shorter than"),
+            "{var} not named: {text}"
+        );
+        assert!(
+            !text.contains(&format!("={short}")),
+            "the secret was echoed: {text}"
+        );
+    }
+}
+
+#[test]
 fn invalid_values_fail_startup_naming_the_variable() {
     for (var, value) in [
         ("PORT", "eighty"),
@@ -238,8 +269,8 @@ async fn local_mode_serves_the_demo_models() {
 async fn public_mode_starts_cleanly_with_credentials() {
     let broker = Broker::start(&[
         ("SWITCHBOARD_HOST", "0.0.0.0"),
-        ("SWITCHBOARD_UI_PASSWORD", "pw"),
-        ("SWITCHBOARD_API_KEYS", "k1"),
+        ("SWITCHBOARD_UI_PASSWORD", "ui-password-01"),
+        ("SWITCHBOARD_API_KEYS", "client-key-000001"),
     ]);
     let url = broker.url.replace("0.0.0.0", "127.0.0.1");
     let (status, health) = request("GET", &format!("{url}/health"), &[], None).await;
