@@ -72,6 +72,17 @@ pub struct RoutingArgs {
     /// Slots (`max_concurrency`) of each real server.
     #[arg(long, default_value_t = 2)]
     pub llama_slots: u32,
+    /// `max_concurrency` = slots × this (0 = register without a limit: the servers queue
+    /// internally, as behind SGLang's or llm-d's routers).
+    #[arg(long, default_value_t = 1)]
+    pub limit_factor: u32,
+    /// Workloads to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "multi-turn,no-shared-prefix"
+    )]
+    pub workloads: Vec<String>,
 }
 
 /// One request's outcome.
@@ -108,7 +119,7 @@ pub async fn run(args: RoutingArgs) -> Result<(), String> {
     }
     decision_cost();
     let workloads: Vec<&str> = if args.llama.is_empty() {
-        vec!["multi-turn", "no-shared-prefix"]
+        args.workloads.iter().map(String::as_str).collect()
     } else {
         vec!["multi-turn"]
     };
@@ -256,7 +267,8 @@ async fn run_one(
         args.llama_model.clone()
     };
     for (url, slots) in backends.urls.iter().zip(&backends.slots) {
-        register(&sb, &model, url, *slots).await?;
+        let limit = (args.limit_factor > 0).then_some(*slots * args.limit_factor);
+        register(&sb, &model, url, limit).await?;
     }
     let started = Instant::now();
     let shots = match workload {
@@ -301,7 +313,7 @@ async fn run_one(
         row.hit_ratio = (p > 0).then(|| c as f64 / p as f64);
         row.max_active = stats
             .iter()
-            .map(|s| format!("{}/{}", s.max_active, s.slots))
+            .map(|s| format!("{}/{}+{}q", s.max_active, s.slots, s.max_queued))
             .collect();
         for s in &stats {
             if s.max_active > s.slots as u64 {
@@ -315,9 +327,14 @@ async fn run_one(
     Ok(row)
 }
 
-async fn register(sb: &Switchboard, model: &str, url: &str, slots: u32) -> Result<(), String> {
+async fn register(
+    sb: &Switchboard,
+    model: &str,
+    url: &str,
+    limit: Option<u32>,
+) -> Result<(), String> {
     let body =
-        json!({"model_name": model, "endpoint_url": url, "max_concurrency": slots}).to_string();
+        json!({"model_name": model, "endpoint_url": url, "max_concurrency": limit}).to_string();
     let req = build_request(
         "POST",
         sb.addr,
@@ -500,12 +517,17 @@ fn print_table(workload: &str, args: &RoutingArgs, rows: &[Row]) {
     } else {
         format!("{} real servers", args.llama.len())
     };
+    let limits = match args.limit_factor {
+        0 => "no max_concurrency (servers queue inside)".to_string(),
+        1 => "max_concurrency = slots".to_string(),
+        f => format!("max_concurrency = {f} × slots"),
+    };
     println!(
-        "\n## {workload}: {} users × {} turns, system prompt {} tokens, user turns {} tokens, {backends}",
+        "\n## {workload}: {} users × {} turns, system prompt {} tokens, user turns {} tokens, {backends}, {limits}",
         args.users, args.turns, args.system_tokens, args.user_tokens
     );
     println!(
-        "| policy | requests | failed | TTFT mean ms | p50 ms | p99 ms | cache hit | req/s | max in-flight per backend | queued | queue wait mean ms |"
+        "| policy | requests | failed | TTFT mean ms | p50 ms | p99 ms | cache hit | req/s | max active/slots+queued inside, per backend | queued | queue wait mean ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
