@@ -24,6 +24,7 @@ pub const PREFIX_ENTRIES_PER_BACKEND: usize = 65_536;
 /// A prompt's points: `(chained hash, bytes of prompt up to here)`, shortest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PromptSig {
+    /// Shortest first; the last one covers the whole prompt (or the first [`MAX_POINTS`]).
     pub points: Vec<(u64, u32)>,
 }
 
