@@ -76,6 +76,10 @@ pub struct RoutingArgs {
     /// internally, as behind SGLang's or llm-d's routers).
     #[arg(long, default_value_t = 1)]
     pub limit_factor: u32,
+    /// Multi-turn: mean pause between an answer and the user's next turn, ms (each pause is
+    /// 0.5–1.5× this; 0 = closed loop, the next turn at once).
+    #[arg(long, default_value_t = 0)]
+    pub think_ms: u64,
     /// Workloads to run, in order.
     #[arg(
         long,
@@ -403,6 +407,11 @@ async fn multi_turn(args: &RoutingArgs, addr: SocketAddr, model: &str) -> Vec<Sh
                     let shot = call(addr, &body).await;
                     messages.push(json!({"role": "assistant", "content": shot.reply}));
                     shots.push(shot);
+                    if args.think_ms > 0 {
+                        let spread = ((u * 131 + t * 17) % 101) as u64; // 0..=100, fixed per turn
+                        let pause = args.think_ms / 2 + args.think_ms * spread / 100;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
                 }
                 shots
             })
@@ -521,6 +530,11 @@ fn print_table(workload: &str, args: &RoutingArgs, rows: &[Row]) {
         0 => "no max_concurrency (servers queue inside)".to_string(),
         1 => "max_concurrency = slots".to_string(),
         f => format!("max_concurrency = {f} × slots"),
+    };
+    let limits = if args.think_ms > 0 && workload == "multi-turn" {
+        format!("{limits}, think time {} ms", args.think_ms)
+    } else {
+        limits
     };
     println!(
         "\n## {workload}: {} users × {} turns, system prompt {} tokens, user turns {} tokens, {backends}, {limits}",
