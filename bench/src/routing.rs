@@ -123,7 +123,12 @@ pub async fn run(args: RoutingArgs) -> Result<(), String> {
     }
     decision_cost();
     let workloads: Vec<&str> = if args.llama.is_empty() {
-        args.workloads.iter().map(String::as_str).collect()
+        // `--workloads none` prints the decision cost only.
+        args.workloads
+            .iter()
+            .map(String::as_str)
+            .filter(|w| matches!(*w, "multi-turn" | "no-shared-prefix"))
+            .collect()
     } else {
         vec!["multi-turn"]
     };
