@@ -70,6 +70,7 @@ impl RoutingPolicy {
 /// The routing configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct RouterSettings {
+    /// `SWITCHBOARD_ROUTING`.
     pub policy: RoutingPolicy,
     /// Requests waiting per model at most (`SWITCHBOARD_QUEUE_MAX`).
     pub queue_max: usize,
@@ -94,9 +95,13 @@ impl Default for RouterSettings {
 /// Why a backend was chosen (`X-Switchboard-Route`, the session `start` event's `route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteKind {
+    /// The thread's backend (`prompt_cache_key`, session id + model).
     Affinity,
+    /// The backend holding the longest prefix of the prompt.
     Prefix,
+    /// Nothing affine (or the affine backend was full or past the slack).
     LeastLoaded,
+    /// A retry after a failed attempt on another backend.
     Failover,
     /// `SWITCHBOARD_ROUTING=round-robin`.
     RoundRobin,
@@ -126,6 +131,7 @@ impl RouteKind {
 /// What one decision is asked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteRequest<'a> {
+    /// The requested model (its backends and its queue).
     pub model: &'a str,
     /// [`thread_key`] of `prompt_cache_key` or session id + model.
     pub thread: Option<u64>,
@@ -137,7 +143,10 @@ pub struct RouteRequest<'a> {
 
 /// A decision: the slot (released when the guard drops) and why.
 pub struct Routed {
+    /// The slot on the chosen backend: hold it for the upstream attempt; its drop frees the
+    /// slot and wakes the model's first waiter.
     pub guard: InFlightGuard,
+    /// Why this backend (the route header, `start.route`, the decision metric).
     pub kind: RouteKind,
     /// How long the request waited in the queue, if it did.
     pub waited: Option<Duration>,

@@ -297,7 +297,6 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Replaces the membership with `backends`, keeping round-robin cursors of known models.
     /// A table routing with `settings`.
     pub fn new(settings: RouterSettings) -> Self {
         Self {
@@ -315,6 +314,8 @@ impl RoutingTable {
             .cloned()
     }
 
+    /// Replaces the membership with `backends`, keeping round-robin cursors and queues of known
+    /// models.
     pub fn rebuild(&self, backends: Vec<Arc<BackendHandle>>) {
         let old = self.snapshot();
         let mut grouped: HashMap<String, Vec<Arc<BackendHandle>>> = HashMap::new();

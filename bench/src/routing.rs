@@ -72,6 +72,21 @@ pub struct RoutingArgs {
     /// Slots (`max_concurrency`) of each real server.
     #[arg(long, default_value_t = 2)]
     pub llama_slots: u32,
+    /// `max_concurrency` = slots × this (0 = register without a limit: the servers queue
+    /// internally, as behind SGLang's or llm-d's routers).
+    #[arg(long, default_value_t = 1)]
+    pub limit_factor: u32,
+    /// Multi-turn: mean pause between an answer and the user's next turn, ms (each pause is
+    /// 0.5–1.5× this; 0 = closed loop, the next turn at once).
+    #[arg(long, default_value_t = 0)]
+    pub think_ms: u64,
+    /// Workloads to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "multi-turn,no-shared-prefix"
+    )]
+    pub workloads: Vec<String>,
 }
 
 /// One request's outcome.
@@ -108,7 +123,12 @@ pub async fn run(args: RoutingArgs) -> Result<(), String> {
     }
     decision_cost();
     let workloads: Vec<&str> = if args.llama.is_empty() {
-        vec!["multi-turn", "no-shared-prefix"]
+        // `--workloads none` prints the decision cost only.
+        args.workloads
+            .iter()
+            .map(String::as_str)
+            .filter(|w| matches!(*w, "multi-turn" | "no-shared-prefix"))
+            .collect()
     } else {
         vec!["multi-turn"]
     };
@@ -256,7 +276,8 @@ async fn run_one(
         args.llama_model.clone()
     };
     for (url, slots) in backends.urls.iter().zip(&backends.slots) {
-        register(&sb, &model, url, *slots).await?;
+        let limit = (args.limit_factor > 0).then_some(*slots * args.limit_factor);
+        register(&sb, &model, url, limit).await?;
     }
     let started = Instant::now();
     let shots = match workload {
@@ -301,7 +322,7 @@ async fn run_one(
         row.hit_ratio = (p > 0).then(|| c as f64 / p as f64);
         row.max_active = stats
             .iter()
-            .map(|s| format!("{}/{}", s.max_active, s.slots))
+            .map(|s| format!("{}/{}+{}q", s.max_active, s.slots, s.max_queued))
             .collect();
         for s in &stats {
             if s.max_active > s.slots as u64 {
@@ -315,9 +336,14 @@ async fn run_one(
     Ok(row)
 }
 
-async fn register(sb: &Switchboard, model: &str, url: &str, slots: u32) -> Result<(), String> {
+async fn register(
+    sb: &Switchboard,
+    model: &str,
+    url: &str,
+    limit: Option<u32>,
+) -> Result<(), String> {
     let body =
-        json!({"model_name": model, "endpoint_url": url, "max_concurrency": slots}).to_string();
+        json!({"model_name": model, "endpoint_url": url, "max_concurrency": limit}).to_string();
     let req = build_request(
         "POST",
         sb.addr,
@@ -386,6 +412,11 @@ async fn multi_turn(args: &RoutingArgs, addr: SocketAddr, model: &str) -> Vec<Sh
                     let shot = call(addr, &body).await;
                     messages.push(json!({"role": "assistant", "content": shot.reply}));
                     shots.push(shot);
+                    if args.think_ms > 0 {
+                        let spread = ((u * 131 + t * 17) % 101) as u64; // 0..=100, fixed per turn
+                        let pause = args.think_ms / 2 + args.think_ms * spread / 100;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
                 }
                 shots
             })
@@ -500,12 +531,22 @@ fn print_table(workload: &str, args: &RoutingArgs, rows: &[Row]) {
     } else {
         format!("{} real servers", args.llama.len())
     };
+    let limits = match args.limit_factor {
+        0 => "no max_concurrency (servers queue inside)".to_string(),
+        1 => "max_concurrency = slots".to_string(),
+        f => format!("max_concurrency = {f} × slots"),
+    };
+    let limits = if args.think_ms > 0 && workload == "multi-turn" {
+        format!("{limits}, think time {} ms", args.think_ms)
+    } else {
+        limits
+    };
     println!(
-        "\n## {workload}: {} users × {} turns, system prompt {} tokens, user turns {} tokens, {backends}",
+        "\n## {workload}: {} users × {} turns, system prompt {} tokens, user turns {} tokens, {backends}, {limits}",
         args.users, args.turns, args.system_tokens, args.user_tokens
     );
     println!(
-        "| policy | requests | failed | TTFT mean ms | p50 ms | p99 ms | cache hit | req/s | max in-flight per backend | queued | queue wait mean ms |"
+        "| policy | requests | failed | TTFT mean ms | p50 ms | p99 ms | cache hit | req/s | max active/slots+queued inside, per backend | queued | queue wait mean ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {

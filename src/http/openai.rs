@@ -743,6 +743,26 @@ mod tests {
     }
 
     #[test]
+    fn routing_hints_read_prompt_cache_key_and_the_messages() {
+        let body =
+            br#"{"model":"m","prompt_cache_key":"t1","messages":[{"role":"user","content":"hi"}]}"#;
+        let (model, hints) = parse_request_hints(body, Endpoint::Chat, true).expect("valid");
+        assert_eq!(model, "m");
+        assert_eq!(hints.thread, Some(thread_key("m", "t1")));
+        assert_eq!(hints.prompt.map(|p| p.points.len()), Some(1));
+        // Without the full policy the prompt is not hashed; another model is another thread.
+        let (_, hints) = parse_request_hints(body, Endpoint::Chat, false).expect("valid");
+        assert!(hints.prompt.is_none());
+        assert_ne!(hints.thread, Some(thread_key("other", "t1")));
+        let bad = br#"{"model":"m","prompt_cache_key":5,"messages":[]}"#;
+        let err = parse_request_hints(bad, Endpoint::Chat, true).expect_err("refused");
+        assert_eq!(
+            (err.status.as_u16(), err.param.as_deref()),
+            (400, Some("prompt_cache_key"))
+        );
+    }
+
+    #[test]
     fn generated_request_ids_are_distinct_v4_uuids() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 1000);

@@ -562,3 +562,29 @@ async fn max_concurrency_is_validated_and_null_clears_it() {
     let (_, stats) = broker.admin_json("GET", "/admin/stats", None).await;
     assert_eq!(stats["queues"]["v2"], 0, "{stats}");
 }
+
+#[actix_rt::test]
+async fn a_session_turn_that_finds_every_backend_busy_gets_an_all_backends_busy_error_event() {
+    let m = counting_mock();
+    let broker = Broker::start(&[("SWITCHBOARD_QUEUE_MAX", "0")]);
+    let model = "full-ttft1500";
+    register_limited(&broker, model, &m.url(), Some(1)).await;
+    let holder = chat_call(&broker, keyed(model, "holder"));
+    let turn = async {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        let mut ws = Ws::connect(&broker.url).await;
+        ws.hello_new().await;
+        ws.send(send_msg("r0", "hi", &[model])).await;
+        let mut view = View::default();
+        read_to_complete(&mut ws, &mut view, Duration::from_secs(5)).await;
+        view.of("error", Some(model))
+            .first()
+            .map(|e| (*e).clone())
+            .unwrap_or(Value::Null)
+    };
+    let ((status, _, _, _), error) = futures_util::future::join(holder, turn).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(error["code"], "all_backends_busy", "{error}");
+    assert_eq!(error["retryable"], true);
+    assert_eq!(m.server_stats().expect("stats").requests, 1);
+}
