@@ -85,17 +85,21 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "SWITCHBOARD_DATA_DIR {}: cannot create: {e}",
-            config.data_dir.display()
-        )
-    })?;
+    startup::prepare_data_dir(&config.data_dir)?;
     let registry = Registry::open(&config.data_dir).map_err(|e| {
-        format!(
-            "SWITCHBOARD_DATA_DIR {}: cannot open database: {e}",
-            config.data_dir.display()
-        )
+        let text = e.to_string();
+        if text.contains("Permission denied") {
+            startup::not_writable(
+                &config.data_dir,
+                "cannot open the database",
+                &std::io::Error::other(text),
+            )
+        } else {
+            format!(
+                "SWITCHBOARD_DATA_DIR {}: cannot open database: {text}",
+                config.data_dir.display()
+            )
+        }
     })?;
     let admin_key = startup::admin_key(&config, &registry)?;
 

@@ -75,3 +75,87 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(b"\n")?;
     file.sync_all()
 }
+
+/// Mode of the data dir (and of every directory in it): it holds the admin key and backend keys.
+#[cfg(unix)]
+const PRIVATE_DIR: u32 = 0o700;
+/// Mode of every file in the data dir.
+#[cfg(unix)]
+const PRIVATE_FILE: u32 = 0o600;
+
+/// Makes the data dir private and proves it writable before sled opens it (SPEC §8): the
+/// process umask becomes 077 (so sled's files are created 0600 in 0700 dirs), the dir is
+/// created 0700 or an existing one (and what it holds) is brought to 0700/0600, and a file is
+/// written and removed. A dir this process cannot write is refused with the path, the uid it
+/// runs as and the fix, instead of sled's bare "Permission denied".
+pub fn prepare_data_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // SAFETY: umask(2) only sets the process file-mode mask; it cannot fail.
+        unsafe {
+            libc::umask(0o077);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(dir)
+            .map_err(|e| not_writable(dir, "cannot create it", &e))?;
+        tighten(dir);
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(|e| not_writable(dir, "cannot create it", &e))?;
+    let probe = dir.join(".switchboard-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| not_writable(dir, "cannot write there", &e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Brings `dir` and everything under it to 0700 (dirs) / 0600 (files); what this process
+/// does not own is left alone with a warning (the write probe decides whether it can start).
+#[cfg(unix)]
+fn tighten(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let want = if meta.is_dir() {
+            PRIVATE_DIR
+        } else if meta.is_file() {
+            PRIVATE_FILE
+        } else {
+            continue; // symlinks and the like are not followed
+        };
+        if meta.permissions().mode() & 0o7777 != want {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want)) {
+                log::warn!(
+                    "SWITCHBOARD_DATA_DIR: cannot set mode {want:o} on {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+        }
+    }
+}
+
+/// The refusal for a data dir this process cannot use: path, uid, and the fix.
+pub fn not_writable(dir: &Path, what: &str, err: &std::io::Error) -> String {
+    #[cfg(unix)]
+    // SAFETY: getuid(2)/getgid(2) always succeed and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    #[cfg(not(unix))]
+    let (uid, gid) = ("?", "?");
+    let path = dir.display();
+    format!(
+        "SWITCHBOARD_DATA_DIR {path}: {what} ({err}); the broker runs as uid {uid} (gid {gid}). \
+         Fix: make the directory writable for that uid, e.g. `chown -R {uid}:{gid} {path}` \
+         (or mount the volume writable for uid {uid}), or point SWITCHBOARD_DATA_DIR at a \
+         writable directory"
+    )
+}
