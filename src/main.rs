@@ -48,7 +48,9 @@ fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
-            eprintln!("switchboard: {}", config::explain_clap_error(&e));
+            // The format is not parsed yet; honour the variable if it says json.
+            let json = std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|f| f == "json");
+            startup::fatal(json, &config::explain_clap_error(&e));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -68,16 +70,21 @@ fn main() -> ExitCode {
             "unknown environment variable {var} is ignored (typo?); see --help for the known ones"
         );
     }
+    let json_logs = config.log_format == "json";
     if let Err(e) = config.validate() {
         log::error!("{e}");
-        eprintln!("switchboard: {e}");
+        if !json_logs {
+            eprintln!("switchboard: {e}");
+        }
         return ExitCode::from(2);
     }
     match actix_web::rt::System::new().block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
-            eprintln!("switchboard: {e}");
+            if !json_logs {
+                eprintln!("switchboard: {e}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -239,7 +246,10 @@ async fn run(config: Config) -> Result<(), String> {
         })?;
     for addr in server.addrs() {
         // The one line tests and scripts wait for; stdout, flushed by println.
-        println!("switchboard listening on http://{addr}");
+        startup::announce(
+            config.log_format == "json",
+            &format!("switchboard listening on http://{addr}"),
+        );
         log::info!(
             "listening on http://{addr} ({} mode, demo {})",
             if config.is_local() { "local" } else { "public" },

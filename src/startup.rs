@@ -10,22 +10,104 @@ use crate::config::Config;
 /// File in the data dir that holds a generated admin key (mode 0600).
 pub const ADMIN_KEY_FILE: &str = "admin_key";
 
-/// `RUST_LOG` (default `info`), as text or JSON lines.
+/// The ids a log line is about (SPEC §4.3); with JSON logs each is a field of its own.
+const ID_FIELDS: [&str; 3] = ["request_id", "session_id", "connection_id"];
+
+/// `RUST_LOG` (default `info`), as text or JSON lines (SPEC §8). A JSON line is one object:
+/// `time` (RFC 3339, UTC), `level`, `target`, `message`, the record's key-values, and
+/// `request_id` / `session_id` / `connection_id` as fields of their own: from key-values, or
+/// else from the `name=value` words the text carries (the convention of every log line here).
 pub fn init_logging(format: &str) {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == "json" {
         builder.format(|buf, record| {
-            let line = serde_json::json!({
-                "ts": switchboard_actors::record::now_ms(),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
+            let mut line = serde_json::Map::new();
+            line.insert("time".into(), buf.timestamp_millis().to_string().into());
+            line.insert("level".into(), record.level().as_str().into());
+            line.insert("target".into(), record.target().into());
+            let message = record.args().to_string();
+            let mut fields = KeyValues(serde_json::Map::new());
+            let _ = record.key_values().visit(&mut fields);
+            for (k, v) in fields.0 {
+                line.entry(k).or_insert(v);
+            }
+            for (k, v) in ids_in_text(&message) {
+                line.entry(k).or_insert(v.into());
+            }
+            line.insert("message".into(), message.into());
+            writeln!(buf, "{}", serde_json::Value::Object(line))
         });
     }
     builder.init();
+}
+
+/// Collects a record's key-values as JSON.
+struct KeyValues(serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for KeyValues {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let value = match value.to_u64() {
+            Some(n) => n.into(),
+            None => value.to_string().into(),
+        };
+        self.0.insert(key.as_str().to_string(), value);
+        Ok(())
+    }
+}
+
+/// `request_id=…`, `session_id=…`, `connection_id=…` words of a log text.
+fn ids_in_text(text: &str) -> Vec<(String, String)> {
+    text.split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .filter(|(k, v)| ID_FIELDS.contains(k) && !v.is_empty() && *v != "-")
+        .map(|(k, v)| {
+            let v = v.trim_end_matches([',', ';', ':', ')']);
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// A line for people on stdout (the listening address, the admin-key banner): plain text, or
+/// with JSON logs one JSON object like every log line, so every line the process writes parses.
+pub fn announce(json: bool, message: &str) {
+    if json {
+        let line = serde_json::json!({
+            "time": now_rfc3339(),
+            "level": "INFO",
+            "target": "switchboard",
+            "message": message,
+        });
+        println!("{line}");
+    } else {
+        println!("{message}");
+    }
+}
+
+/// A fatal startup error on stderr, in the log format (`eprintln!` would break JSON logs).
+pub fn fatal(json: bool, message: &str) {
+    if json {
+        let line = serde_json::json!({
+            "time": now_rfc3339(),
+            "level": "ERROR",
+            "target": "switchboard",
+            "message": format!("switchboard: {message}"),
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("switchboard: {message}");
+    }
+}
+
+fn now_rfc3339() -> String {
+    let ms = switchboard_actors::record::now_ms();
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_default()
 }
 
 /// The admin key: from configuration, else the stored one, else a new one that is stored
@@ -54,11 +136,29 @@ pub fn admin_key(config: &Config, registry: &Registry) -> Result<String, String>
     write_private(&config.data_dir.join(ADMIN_KEY_FILE), &key)
         .map_err(|e| format!("SWITCHBOARD_DATA_DIR: cannot write the admin key file: {e}"))?;
     registry.set_admin_key(&key).map_err(|e| e.to_string())?;
-    // Printed once, on the run that generated it; never logged.
-    println!(
-        "switchboard admin key (generated, shown once; also in {}): {key}",
-        config.data_dir.join(ADMIN_KEY_FILE).display()
-    );
+    let path = config.data_dir.join(ADMIN_KEY_FILE);
+    let json = config.log_format == "json";
+    if config.is_local() {
+        // Printed once, on the run that generated it; never logged.
+        announce(
+            json,
+            &format!(
+                "switchboard admin key (generated, shown once; also in {}): {key}",
+                path.display()
+            ),
+        );
+    } else {
+        // Public mode: platform logs are kept for weeks and read by more people than the
+        // admin, so the key itself stays in the 0600 file.
+        announce(
+            json,
+            &format!(
+                "switchboard admin key generated and stored in {} (mode 0600); not printed in \
+                 public mode: read it from that file, or set SWITCHBOARD_ADMIN_KEY",
+                path.display()
+            ),
+        );
+    }
     Ok(key)
 }
 
@@ -158,4 +258,27 @@ pub fn not_writable(dir: &Path, what: &str, err: &std::io::Error) -> String {
          (or mount the volume writable for uid {uid}), or point SWITCHBOARD_DATA_DIR at a \
          writable directory"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_lifted_out_of_the_log_text() {
+        let ids =
+            ids_in_text("connection_id=7 session_id=abc ip=127.0.0.1 request_id=r1, refused: busy");
+        let want = [
+            ("connection_id", "7"),
+            ("session_id", "abc"),
+            ("request_id", "r1"),
+        ];
+        assert_eq!(
+            ids,
+            want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+        );
+        // A placeholder or a look-alike is not an id.
+        assert!(ids_in_text("connection_id=3 session_id=- closed").len() == 1);
+        assert!(ids_in_text("my_session_id=x").is_empty());
+    }
 }
