@@ -49,7 +49,9 @@ fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
-            eprintln!("switchboard: {}", config::explain_clap_error(&e));
+            // The format is not parsed yet; honour the variable if it says json.
+            let json = std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|f| f == "json");
+            startup::fatal(json, &config::explain_clap_error(&e));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -69,16 +71,21 @@ fn main() -> ExitCode {
             "unknown environment variable {var} is ignored (typo?); see --help for the known ones"
         );
     }
+    let json_logs = config.log_format == "json";
     if let Err(e) = config.validate() {
         log::error!("{e}");
-        eprintln!("switchboard: {e}");
+        if !json_logs {
+            eprintln!("switchboard: {e}");
+        }
         return ExitCode::from(2);
     }
     match actix_web::rt::System::new().block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
-            eprintln!("switchboard: {e}");
+            if !json_logs {
+                eprintln!("switchboard: {e}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -86,17 +93,21 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "SWITCHBOARD_DATA_DIR {}: cannot create: {e}",
-            config.data_dir.display()
-        )
-    })?;
+    startup::prepare_data_dir(&config.data_dir)?;
     let registry = Registry::open(&config.data_dir).map_err(|e| {
-        format!(
-            "SWITCHBOARD_DATA_DIR {}: cannot open database: {e}",
-            config.data_dir.display()
-        )
+        let text = e.to_string();
+        if text.contains("Permission denied") {
+            startup::not_writable(
+                &config.data_dir,
+                "cannot open the database",
+                &std::io::Error::other(text),
+            )
+        } else {
+            format!(
+                "SWITCHBOARD_DATA_DIR {}: cannot open database: {text}",
+                config.data_dir.display()
+            )
+        }
     })?;
     let admin_key = startup::admin_key(&config, &registry)?;
 
@@ -251,7 +262,10 @@ async fn run(config: Config) -> Result<(), String> {
         })?;
     for addr in server.addrs() {
         // The one line tests and scripts wait for; stdout, flushed by println.
-        println!("switchboard listening on http://{addr}");
+        startup::announce(
+            config.log_format == "json",
+            &format!("switchboard listening on http://{addr}"),
+        );
         log::info!(
             "listening on http://{addr} ({} mode, demo {})",
             if config.is_local() { "local" } else { "public" },

@@ -279,6 +279,15 @@ impl WsConnection {
                     )
                 }
             },
+            // A new session counts against the per-IP rate limit, as `POST /api/sessions`
+            // does: a flood of hellos must not push detached sessions out at the cap.
+            None if self.state.rate_limiter.check(self.ip).is_err() => {
+                return self.close_with(
+                    ctx,
+                    close::TOO_MANY_CONNECTIONS,
+                    "rate limit: too many new sessions from this address; reconnect later",
+                )
+            }
             None => match self.sessions.create() {
                 Ok((id, addr)) => (id, addr, false),
                 Err(SessionsError::AtCapacity) => {

@@ -65,7 +65,12 @@ impl Broker {
         let out_logs = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("switchboard listening on ") {
+                // Plain text, or the same message in a JSON log line.
+                let message = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| line.clone());
+                if let Some(url) = message.strip_prefix("switchboard listening on ") {
                     let _ = tx.send(url.trim().to_string());
                 }
                 out_logs.lock().push_str(&format!("{line}\n"));

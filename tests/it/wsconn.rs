@@ -214,3 +214,40 @@ async fn tcp_closes_within_50ms_after_the_closing_handshake_either_side() {
         "1001: EOF after {took:?}"
     );
 }
+
+/// A flood of `hello`s that create sessions is rate limited per IP (close 4029), so it cannot
+/// push a detached session out at the session cap.
+#[actix_rt::test]
+async fn new_session_hellos_are_rate_limited_and_cannot_evict_a_detached_session() {
+    let broker = Broker::start(&[
+        ("SWITCHBOARD_RATE_LIMIT_PER_MIN", "5"),
+        ("SWITCHBOARD_MAX_SESSIONS", "8"),
+        ("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "100"),
+    ]);
+    let (ws, kept) = crate::wsclient::Ws::new_session(&broker.url).await;
+    drop(ws); // detached: the first candidate for eviction at the cap
+    let (mut created, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let mut ws = crate::wsclient::Ws::connect(&broker.url).await;
+        ws.send(serde_json::json!({"type": "hello"})).await;
+        match ws.next(Duration::from_secs(3)).await {
+            crate::wsclient::Got::Event(ev) if ev["type"] == "session" => created += 1,
+            crate::wsclient::Got::Closed(code) => {
+                assert_eq!(code, Some(4029));
+                refused += 1;
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(
+        (created, refused),
+        (4, 16),
+        "5 a minute, one used by the kept session"
+    );
+    let mut ws = crate::wsclient::Ws::connect(&broker.url).await;
+    ws.send(serde_json::json!({"type": "hello", "session_id": kept}))
+        .await;
+    let s = ws.event().await;
+    assert_eq!(s["type"], "session", "{s}");
+    assert_eq!(s["resumed"], true);
+}
