@@ -231,7 +231,9 @@ fn close_codes_in_source() -> BTreeSet<u16> {
                 .unwrap_or(bytes.len());
             let number = flat[i..end].parse::<u32>().unwrap_or(0);
             let code_like = (1000..=1015).contains(&number) || (4000..=4999).contains(&number);
-            let before = flat[i.saturating_sub(48)..i].to_ascii_lowercase();
+            // Bytes, not `str` slicing: the 48 bytes before may start inside a character.
+            let before =
+                String::from_utf8_lossy(&bytes[i.saturating_sub(48)..i]).to_ascii_lowercase();
             let after_close = before.contains("close");
             let constant = before.ends_with("u16 = ");
             if code_like && (after_close || constant) {
