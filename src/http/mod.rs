@@ -55,6 +55,8 @@ pub const ALLOW: &[(&str, &str)] = &[
     ("/admin/servers/{id}/health-check", "POST"),
     ("/admin/servers/{id}/activate", "POST"),
     ("/admin/stats", "GET"),
+    ("/admin/export", "GET"),
+    ("/admin/import", "POST"),
     ("/health", "GET, HEAD"),
     ("/metrics", "GET"),
     ("/debug/memory", "GET"),
