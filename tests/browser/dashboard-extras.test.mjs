@@ -41,13 +41,18 @@ test('dashboard: in flight / limit and queue depth when the broker reports them,
   await page.route('**/admin/servers', async (route) => {
     const res = await route.fetch();
     const body = await res.json();
-    if (withFields) for (const s of body.servers) if (s.model_name === 'demo-fast') { s.max_concurrency = 4; s.in_flight = 3; }
+    for (const s of body.servers) {
+      if (withFields && s.model_name === 'demo-fast') { s.max_concurrency = 4; s.in_flight = 3; }
+      if (!withFields) delete s.max_concurrency;
+    }
     await route.fulfill({ response: res, json: body });
   });
   await page.route('**/admin/stats', async (route) => {
     const res = await route.fetch();
     const body = await res.json();
+    // Before: a broker that reports no queues (older, or none yet); after: one that does.
     if (withFields) body.queues = { 'demo-fast': 7 };
+    else delete body.queues;
     await route.fulfill({ response: res, json: body });
   });
   await page.goto(`${broker.url}/dashboard`);
