@@ -26,7 +26,7 @@ use tokio::time::{interval_at, Instant, Interval};
 
 use crate::auth::{self, bearer, Denied, Reason, Surface, UiCredentials};
 use crate::errors::ApiError;
-use crate::http::openai::read_body;
+use crate::http::request::read_body;
 use crate::state::AppState;
 
 /// `: heartbeat` comment cadence on idle push streams (keeps proxies from timing them out).
@@ -95,7 +95,7 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         return Err(ApiError::unavailable("server is draining; reconnect later"));
     }
     // Each connect costs the application a callback: it counts against the per-IP rate.
-    crate::http::openai::check_rate(&req, &state)?;
+    crate::http::request::check_rate(&req, &state)?;
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
         auth::rate_limited(&req, &state, Surface::Push, 5);

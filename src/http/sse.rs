@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, Interval};
 
 use crate::errors::ApiError;
-use crate::http::openai::read_body;
+use crate::http::request::read_body;
 use crate::state::AppState;
 
 /// Queued bytes past which an SSE client is a slow consumer: its stream ends (it reconnects
@@ -95,7 +95,7 @@ fn command_error(e: CommandError) -> ApiError {
 
 async fn create(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
-    crate::http::openai::check_rate(&req, &state)?;
+    crate::http::request::check_rate(&req, &state)?;
     let (id, _) = state.sessions.create().map_err(unavailable)?;
     Ok(HttpResponse::Created().json(json!({"session_id": id})))
 }
@@ -159,7 +159,7 @@ async fn send(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
-    crate::http::openai::check_rate(&req, &state)?;
+    crate::http::request::check_rate(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b = parse_send(&body)?;
     if b.kind.is_some_and(|k| k != "send") {
