@@ -14,7 +14,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::buffer::{EventBuffer, Replay, MAX_BUFFER_BYTES};
-use crate::events::{Encoded, EventBody, ModelMetrics, ModelSnapshot, SendTurn, ToolCallSummary};
+use crate::events::{
+    Command, Encoded, EventBody, ModelMetrics, ModelSnapshot, SendTurn, ToolCallSummary,
+};
 use crate::history::History;
 use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, StreamSpec};
 use crate::record::now_ms;
@@ -573,16 +575,9 @@ impl Handler<Detach> for Session {
     }
 }
 
-/// A client command (`send`, `cancel`, `clear`), from any transport.
-#[derive(Message)]
-#[rtype(result = "Result<(), CommandError>")]
-pub enum Command {
-    Send(SendTurn),
-    Cancel {
-        request_id: String,
-        model: Option<String>,
-    },
-    Clear,
+/// The session handles the one command type of every transport ([`Command`], in `events`).
+impl Message for Command {
+    type Result = Result<(), CommandError>;
 }
 
 impl Handler<Command> for Session {

@@ -15,11 +15,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_actors::events::{Encoded, EventBody, SendTurn};
+use switchboard_actors::events::{CancelFields, Command, Encoded, EventBody, SendTurn};
 use switchboard_actors::model_stream::StopReason;
 use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::session::{
-    Attach, Command, CommandError, ConnectionSink, Detach, End, GetState, Session,
+    Attach, CommandError, ConnectionSink, Detach, End, GetState, Session,
 };
 use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
 use tokio::sync::mpsc;
@@ -165,16 +165,11 @@ async fn send(
     if b.kind.is_some_and(|k| k != "send") {
         return Err(ApiError::invalid("`type`, when given, must be \"send\""));
     }
-    untrusted(b.send.check_untrusted())?;
     let request_id = b.send.request_id.clone();
-    run_command(&state, &path, Command::Send(b.send)).await?;
+    let command = Command::Send(b.send);
+    untrusted(command.check_untrusted())?;
+    run_command(&state, &path, command).await?;
     Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
-}
-
-#[derive(Deserialize)]
-struct CancelBody {
-    request_id: String,
-    model: Option<String>,
 }
 
 async fn cancel(
@@ -185,24 +180,12 @@ async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
-    let b: CancelBody = parse(&body)?;
-    untrusted(switchboard_actors::events::check_untrusted(
-        "request_id",
-        &b.request_id,
-    ))?;
-    if let Some(m) = &b.model {
-        untrusted(switchboard_actors::events::check_untrusted("model", m))?;
-    }
-    run_command(
-        &state,
-        &path,
-        Command::Cancel {
-            request_id: b.request_id.clone(),
-            model: b.model,
-        },
-    )
-    .await?;
-    Ok(HttpResponse::Accepted().json(json!({"request_id": b.request_id})))
+    let b: CancelFields = parse(&body)?;
+    let request_id = b.request_id.clone();
+    let command = Command::from(b);
+    untrusted(command.check_untrusted())?;
+    run_command(&state, &path, command).await?;
+    Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
 }
 
 async fn clear(
