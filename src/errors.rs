@@ -360,3 +360,29 @@ impl From<AdminError> for ApiError {
         }
     }
 }
+
+/// 503 for a session that cannot be created or joined (the SSE transport; WebSocket maps the
+/// same errors to close codes in `http::ws`).
+impl From<switchboard_actors::sessions::SessionsError> for ApiError {
+    fn from(e: switchboard_actors::sessions::SessionsError) -> Self {
+        use switchboard_actors::sessions::SessionsError;
+        ApiError::unavailable(match e {
+            SessionsError::AtCapacity => "at the session capacity; try again later",
+            SessionsError::Draining => "server is draining; try again later",
+        })
+    }
+}
+
+/// A refused session command over HTTP: 409 busy, 404 unknown turn, 400 invalid; the body's
+/// `code` is the one the WebSocket `error` event carries.
+impl From<switchboard_actors::events::CommandError> for ApiError {
+    fn from(e: switchboard_actors::events::CommandError) -> Self {
+        use switchboard_actors::events::Refusal;
+        let status = match e.refusal {
+            Refusal::Busy => StatusCode::CONFLICT,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Invalid => StatusCode::BAD_REQUEST,
+        };
+        ApiError::with_status(status, e.refusal.code(), e.message)
+    }
+}

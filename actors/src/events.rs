@@ -349,6 +349,46 @@ struct HelloFields {
     last_event_id: Option<u64>,
 }
 
+/// Why a [`Command`] was refused: typed, so each transport maps it once (HTTP status in
+/// `src/errors.rs`, the `error` event's code over WebSocket) instead of matching strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A turn is already in flight.
+    Busy,
+    /// The command's fields are not acceptable.
+    Invalid,
+    /// The cancelled turn is not the one in flight.
+    NotFound,
+}
+
+impl Refusal {
+    /// The `error` event's / error body's `code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::Invalid => "invalid_message",
+            Refusal::NotFound => "not_found",
+        }
+    }
+}
+
+/// Why a command was refused, with the text the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub refusal: Refusal,
+    pub message: String,
+}
+
+impl CommandError {
+    /// A refusal with its client-facing message.
+    pub fn new(refusal: Refusal, message: impl Into<String>) -> Self {
+        Self {
+            refusal,
+            message: message.into(),
+        }
+    }
+}
+
 /// The fields of a `cancel` (see [`Command::Cancel`]): a WebSocket frame without its `type`, and
 /// the body of the SSE transport's cancel POST.
 #[derive(Deserialize)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::Addr;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -18,9 +18,7 @@ use serde_json::json;
 use switchboard_actors::events::{CancelFields, Command, Encoded, EventBody, SendTurn};
 use switchboard_actors::model_stream::StopReason;
 use switchboard_actors::routing::RoutingTable;
-use switchboard_actors::session::{
-    Attach, CommandError, ConnectionSink, Detach, End, GetState, Session,
-};
+use switchboard_actors::session::{Attach, ConnectionSink, Detach, End, GetState, Session};
 use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, Interval};
@@ -76,27 +74,10 @@ fn session(state: &AppState, id: &str) -> Result<Addr<Session>, ApiError> {
     })
 }
 
-fn unavailable(e: SessionsError) -> ApiError {
-    let msg = match e {
-        SessionsError::AtCapacity => "at the session capacity; try again later",
-        SessionsError::Draining => "server is draining; try again later",
-    };
-    ApiError::unavailable(msg)
-}
-
-fn command_error(e: CommandError) -> ApiError {
-    let status = match e.code {
-        "busy" => StatusCode::CONFLICT,
-        "not_found" => StatusCode::NOT_FOUND,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    ApiError::with_status(status, e.code, e.message)
-}
-
 async fn create(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
     crate::http::request::check_rate(&req, &state)?;
-    let (id, _) = state.sessions.create().map_err(unavailable)?;
+    let (id, _) = state.sessions.create().map_err(ApiError::from)?;
     Ok(HttpResponse::Created().json(json!({"session_id": id})))
 }
 
@@ -130,7 +111,7 @@ async fn run_command(state: &AppState, id: &str, cmd: Command) -> Result<(), Api
     addr.send(cmd)
         .await
         .map_err(|_| ApiError::not_found("session ended"))?
-        .map_err(command_error)
+        .map_err(ApiError::from)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
@@ -211,7 +192,7 @@ async fn events(
     guard(&req, &state)?;
     let addr = session(&state, &path)?;
     if state.sessions.is_draining() {
-        return Err(unavailable(SessionsError::Draining));
+        return Err(SessionsError::Draining.into());
     }
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {

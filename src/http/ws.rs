@@ -247,7 +247,10 @@ impl WsConnection {
                         request_id.as_deref().unwrap_or("-"),
                         e.message
                     );
-                    act.reply(ctx, &EventBody::client_error(request_id, e.code, e.message));
+                    act.reply(
+                        ctx,
+                        &EventBody::client_error(request_id, e.refusal.code(), e.message),
+                    );
                 }
                 Err(_) => act.close_with(ctx, close::UNKNOWN_SESSION, "session ended"),
             })
