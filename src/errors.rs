@@ -300,13 +300,6 @@ impl From<JsonError> for ApiError {
     }
 }
 
-impl From<RouteError> for ApiError {
-    fn from(_: RouteError) -> Self {
-        // Route errors need the model name; callers use `route_error` instead.
-        Self::internal("routing error")
-    }
-}
-
 /// Maps a routing failure for `model` to 404 / 503.
 pub fn route_error(err: RouteError, model: &str) -> ApiError {
     match err {

@@ -19,6 +19,7 @@ use switchboard_actors::events::Usage;
 use switchboard_actors::prefix::PromptSig;
 use switchboard_actors::router::{thread_key, RouteKind, RouteRequest, RoutingPolicy};
 use switchboard_actors::routing::{BackendHandle, InFlightGuard, RouteError};
+use switchboard_actors::upstream::REQUEST_ID_HEADER;
 use tokio::time::Instant;
 
 use crate::auth;
@@ -31,8 +32,6 @@ use crate::state::{AppState, WorkerClient};
 pub const BACKEND_HEADER: &str = "x-switchboard-backend";
 /// Response header saying why that backend was chosen (SPEC §2.1).
 pub const ROUTE_HEADER: &str = "x-switchboard-route";
-/// Request/response header correlating a request across broker and backend logs.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Routes under `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
