@@ -300,13 +300,6 @@ impl From<JsonError> for ApiError {
     }
 }
 
-impl From<RouteError> for ApiError {
-    fn from(_: RouteError) -> Self {
-        // Route errors need the model name; callers use `route_error` instead.
-        Self::internal("routing error")
-    }
-}
-
 /// Maps a routing failure for `model` to 404 / 503.
 pub fn route_error(err: RouteError, model: &str) -> ApiError {
     match err {
@@ -357,6 +350,82 @@ impl From<AdminError> for ApiError {
             ),
             AdminError::Storage(_) => ApiError::internal(message),
             AdminError::InvalidField { param, .. } => ApiError::invalid_param(&param, message),
+        }
+    }
+}
+
+/// 503 for a session that cannot be created or joined (the SSE transport; WebSocket maps the
+/// same errors to close codes in `http::ws`).
+impl From<switchboard_actors::sessions::SessionsError> for ApiError {
+    fn from(e: switchboard_actors::sessions::SessionsError) -> Self {
+        use switchboard_actors::sessions::SessionsError;
+        ApiError::unavailable(match e {
+            SessionsError::AtCapacity => "at the session capacity; try again later",
+            SessionsError::Draining => "server is draining; try again later",
+        })
+    }
+}
+
+/// A refused session command over HTTP: 409 busy, 404 unknown turn, 400 invalid; the body's
+/// `code` is the one the WebSocket `error` event carries.
+impl From<switchboard_actors::events::CommandError> for ApiError {
+    fn from(e: switchboard_actors::events::CommandError) -> Self {
+        use switchboard_actors::events::Refusal;
+        let status = match e.refusal {
+            Refusal::Busy => StatusCode::CONFLICT,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Invalid => StatusCode::BAD_REQUEST,
+        };
+        ApiError::with_status(status, e.refusal.code(), e.message)
+    }
+}
+
+/// A push connect the application's callback did not accept (SPEC §6): a non-2xx answer becomes
+/// the client's status ("with that status"), 3xx included; only a 1xx, which cannot be a final
+/// answer, becomes 502. 504 on timeout, 502 when unreachable, 503 while draining. Push logs the
+/// cause; this is the one place its HTTP answer is chosen.
+impl From<switchboard_actors::push::ConnectError> for ApiError {
+    fn from(e: switchboard_actors::push::ConnectError) -> Self {
+        use switchboard_actors::push::ConnectError;
+        match e {
+            ConnectError::Rejected(status) => {
+                let code = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.as_u16() >= 300)
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                ApiError::with_status(
+                    code,
+                    "push_rejected",
+                    format!(
+                        "the application rejected this connection (its callback answered HTTP {status})"
+                    ),
+                )
+            }
+            ConnectError::Timeout => ApiError::with_status(
+                StatusCode::GATEWAY_TIMEOUT,
+                "push_callback_timeout",
+                "the application's connect callback did not answer in time",
+            ),
+            ConnectError::Unreachable(_) => ApiError::with_status(
+                StatusCode::BAD_GATEWAY,
+                "push_callback_failed",
+                "the application's connect callback could not be reached",
+            ),
+            ConnectError::Gone => ApiError::unavailable("server is draining; reconnect later"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod push_connect_tests {
+    use super::ApiError;
+    use switchboard_actors::push::ConnectError;
+
+    #[test]
+    fn a_rejecting_callback_status_is_the_clients_status() {
+        for (callback, client) in [(403, 403), (302, 302), (503, 503), (101, 502)] {
+            let rejected = ApiError::from(ConnectError::Rejected(callback));
+            assert_eq!(rejected.status.as_u16(), client, "{callback}");
         }
     }
 }

@@ -39,8 +39,7 @@ use switchboard_actors::supervisor::{Flush, HealthSupervisor, SupervisorConfig};
 use switchboard_actors::upstream::UpstreamConfig;
 
 use crate::config::Config;
-use crate::http::openai::ProxySettings;
-use crate::state::{AppState, WorkerClient};
+use crate::state::{AppState, ProxySettings, WorkerClient};
 
 /// A deactivated server is probed only every this many intervals (SPEC §3.3).
 const SLOW_PROBE_FACTOR: u32 = 10;

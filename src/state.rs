@@ -1,7 +1,7 @@
 //! Shared application state handed to every handler.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use switchboard_actors::routing::RoutingTable;
@@ -9,8 +9,6 @@ use switchboard_actors::sessions::Sessions;
 use switchboard_actors::supervisor::HealthSupervisor;
 
 use crate::auth::UiCredentials;
-
-use crate::http::openai::ProxySettings;
 
 /// Process-wide state (`Send + Sync`), one `Arc` shared by all workers.
 pub struct AppState {
@@ -60,4 +58,15 @@ pub struct Liveness {
     pub ws_silence_timeout: std::time::Duration,
     /// SSE `event: heartbeat` interval.
     pub sse_heartbeat: std::time::Duration,
+}
+
+/// Proxy timing and limits, from configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub max_body_bytes: usize,
+    pub max_retries: usize,
+    pub commit_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+    pub keepalive: Duration,
 }

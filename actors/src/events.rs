@@ -237,21 +237,54 @@ impl Encoded {
     }
 }
 
-/// What a client may send (WS text frames; the SSE transport's POST bodies map onto it).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// What a client may send over WebSocket: the connection-level `hello` and `ping`, or a
+/// [`Command`] for the session.
+#[derive(Debug, Clone)]
 pub enum ClientMessage {
     Hello {
         session_id: Option<String>,
         last_event_id: Option<u64>,
     },
+    Ping {},
+    Command(Command),
+}
+
+/// A client command (`send`, `cancel`, `clear`) for a session, from any transport: the one type
+/// both WebSocket frames and the SSE transport's POSTs become, and the message the session
+/// actor handles (its `actix::Message` impl is in `session.rs`).
+#[derive(Debug, Clone)]
+pub enum Command {
     Send(SendTurn),
     Cancel {
         request_id: String,
         model: Option<String>,
     },
-    Clear {},
-    Ping {},
+    Clear,
+}
+
+impl Command {
+    /// The turn the command names (`None` for `clear`), for logs and error events.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Command::Send(send) => Some(&send.request_id),
+            Command::Cancel { request_id, .. } => Some(request_id),
+            Command::Clear => None,
+        }
+    }
+
+    /// [`check_untrusted`] for every identifier of the command: `(field, message)` on failure.
+    pub fn check_untrusted(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            Command::Send(send) => send.check_untrusted(),
+            Command::Cancel { request_id, model } => {
+                check_untrusted("request_id", request_id)?;
+                model
+                    .as_deref()
+                    .map_or(Ok(()), |m| check_untrusted("model", m))
+            }
+            Command::Clear => Ok(()),
+        }
+    }
 }
 
 /// A `send`: one prompt to several models.
@@ -294,17 +327,14 @@ fn parse_message_fields(text: &str) -> Result<ClientMessage, String> {
                 last_event_id: h.last_event_id,
             })
         }
-        "send" => Ok(ClientMessage::Send(
+        "send" => Ok(ClientMessage::Command(Command::Send(
             crate::json::from_value(rest).map_err(invalid)?,
-        )),
+        ))),
         "cancel" => {
             let c: CancelFields = crate::json::from_value(rest).map_err(invalid)?;
-            Ok(ClientMessage::Cancel {
-                request_id: c.request_id,
-                model: c.model,
-            })
+            Ok(ClientMessage::Command(c.into()))
         }
-        "clear" => Ok(ClientMessage::Clear {}),
+        "clear" => Ok(ClientMessage::Command(Command::Clear)),
         "ping" => Ok(ClientMessage::Ping {}),
         other => Err(format!(
             "not a valid message: unknown `type` `{other}` (expected hello, send, cancel, clear or ping)"
@@ -319,11 +349,61 @@ struct HelloFields {
     last_event_id: Option<u64>,
 }
 
-/// The fields of a `cancel` (see [`ClientMessage::Cancel`]).
+/// Why a [`Command`] was refused: typed, so each transport maps it once (HTTP status in
+/// `src/errors.rs`, the `error` event's code over WebSocket) instead of matching strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A turn is already in flight.
+    Busy,
+    /// The command's fields are not acceptable.
+    Invalid,
+    /// The cancelled turn is not the one in flight.
+    NotFound,
+}
+
+impl Refusal {
+    /// The `error` event's / error body's `code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::Invalid => "invalid_message",
+            Refusal::NotFound => "not_found",
+        }
+    }
+}
+
+/// Why a command was refused, with the text the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub refusal: Refusal,
+    pub message: String,
+}
+
+impl CommandError {
+    /// A refusal with its client-facing message.
+    pub fn new(refusal: Refusal, message: impl Into<String>) -> Self {
+        Self {
+            refusal,
+            message: message.into(),
+        }
+    }
+}
+
+/// The fields of a `cancel` (see [`Command::Cancel`]): a WebSocket frame without its `type`, and
+/// the body of the SSE transport's cancel POST.
 #[derive(Deserialize)]
-struct CancelFields {
-    request_id: String,
-    model: Option<String>,
+pub struct CancelFields {
+    pub request_id: String,
+    pub model: Option<String>,
+}
+
+impl From<CancelFields> for Command {
+    fn from(c: CancelFields) -> Self {
+        Command::Cancel {
+            request_id: c.request_id,
+            model: c.model,
+        }
+    }
 }
 
 /// Refuses a client-chosen identifier with a control character: ids and model names reach
@@ -347,14 +427,8 @@ impl ClientMessage {
             ClientMessage::Hello { session_id, .. } => session_id
                 .as_deref()
                 .map_or(Ok(()), |id| check_untrusted("session_id", id)),
-            ClientMessage::Send(send) => send.check_untrusted(),
-            ClientMessage::Cancel { request_id, model } => {
-                check_untrusted("request_id", request_id)?;
-                model
-                    .as_deref()
-                    .map_or(Ok(()), |m| check_untrusted("model", m))
-            }
-            ClientMessage::Clear {} | ClientMessage::Ping {} => Ok(()),
+            ClientMessage::Command(command) => command.check_untrusted(),
+            ClientMessage::Ping {} => Ok(()),
         }
     }
 }
@@ -419,7 +493,7 @@ mod tests {
         let send = r#"{"type":"send","request_id":"r","content":"hi","models":["a","b"],"params":{"temperature":0}}"#;
         assert!(matches!(
             parse_client_message(send),
-            Ok(ClientMessage::Send(_))
+            Ok(ClientMessage::Command(Command::Send(_)))
         ));
         assert!(parse_client_message("nope").is_err());
         assert!(parse_client_message(r#"{"type":"dance"}"#).is_err());

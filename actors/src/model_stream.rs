@@ -209,7 +209,7 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
             .timeout(spec.settings.first_byte)
             .insert_header(("content-type", "application/json"))
             .insert_header(("accept", "text/event-stream"))
-            .insert_header(("x-request-id", &*spec.request_id));
+            .insert_header((upstream::REQUEST_ID_HEADER, &*spec.request_id));
         if let Some(auth) = &backend.auth_header {
             req = req.insert_header(("authorization", auth.as_str()));
         }

@@ -14,7 +14,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::buffer::{EventBuffer, Replay, MAX_BUFFER_BYTES};
-use crate::events::{Encoded, EventBody, ModelMetrics, ModelSnapshot, SendTurn, ToolCallSummary};
+use crate::events::{
+    Command, CommandError, Encoded, EventBody, ModelMetrics, ModelSnapshot, Refusal, SendTurn,
+    ToolCallSummary,
+};
 use crate::history::History;
 use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, StreamSpec};
 use crate::record::now_ms;
@@ -35,22 +38,6 @@ pub trait ConnectionSink: Send {
     fn deliver(&self, event: Arc<Encoded>) -> bool;
     /// Ends the connection with a close code (WebSocket) or by ending the stream (SSE).
     fn close(&self, code: u16, reason: &str);
-}
-
-/// Why a command was refused; `code` is the `error` event's code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl CommandError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +206,7 @@ impl Session {
     fn start_turn(&mut self, send: SendTurn, ctx: &mut Context<Self>) -> Result<(), CommandError> {
         if self.turn.is_some() {
             return Err(CommandError::new(
-                "busy",
+                Refusal::Busy,
                 "a turn is already in flight; cancel it or wait for `complete`",
             ));
         }
@@ -398,7 +385,7 @@ impl Session {
 }
 
 fn validate_send(send: &SendTurn) -> Result<(), CommandError> {
-    let invalid = |m: &str| Err(CommandError::new("invalid_message", m));
+    let invalid = |m: &str| Err(CommandError::new(Refusal::Invalid, m));
     if send.request_id.trim().is_empty() || send.request_id.len() > 200 {
         return invalid("`request_id` must be a non-empty string of at most 200 characters");
     }
@@ -573,16 +560,9 @@ impl Handler<Detach> for Session {
     }
 }
 
-/// A client command (`send`, `cancel`, `clear`), from any transport.
-#[derive(Message)]
-#[rtype(result = "Result<(), CommandError>")]
-pub enum Command {
-    Send(SendTurn),
-    Cancel {
-        request_id: String,
-        model: Option<String>,
-    },
-    Clear,
+/// The session handles the one command type of every transport ([`Command`], in `events`).
+impl Message for Command {
+    type Result = Result<(), CommandError>;
 }
 
 impl Handler<Command> for Session {
@@ -596,7 +576,7 @@ impl Handler<Command> for Session {
                 let current = self.turn.as_ref().map(|t| t.request_id.clone());
                 if current.as_deref() != Some(request_id.as_str()) {
                     return Err(CommandError::new(
-                        "not_found",
+                        Refusal::NotFound,
                         format!("no turn `{request_id}` is in flight"),
                     ));
                 }

@@ -24,6 +24,10 @@ const PROBE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Keep-alive connections per worker pool. Generous: each in-flight stream holds one.
 const POOL_LIMIT: usize = 4096;
 
+/// Request/response header correlating a request across broker and backend logs: the one name
+/// both the gateway and model streams send upstream.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Settings the client is built from; copied into every worker.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {

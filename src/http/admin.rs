@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::auth;
 use crate::errors::ApiError;
-use crate::http::openai::read_body;
+use crate::http::request::read_body;
 use crate::state::AppState;
 
 const MAX_MODEL_NAME: usize = 256;

@@ -13,7 +13,7 @@ use switchboard_actors::supervisor::{Export, Import, ImportEntry};
 use crate::auth;
 use crate::errors::ApiError;
 use crate::http::admin::{check_health_mode, check_upstream_model};
-use crate::http::openai::read_body;
+use crate::http::request::read_body;
 use crate::state::AppState;
 
 /// The document version this broker writes and reads.

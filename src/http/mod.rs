@@ -10,6 +10,7 @@ pub mod ops;
 pub mod outbox;
 pub mod push;
 pub mod relay;
+pub mod request;
 pub mod sse;
 pub mod ui;
 pub mod ws;

@@ -6,13 +6,12 @@
 //! timeout, 5xx or a stream that dies marks the backend unhealthy and the next one is tried.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -20,19 +19,19 @@ use switchboard_actors::events::Usage;
 use switchboard_actors::prefix::PromptSig;
 use switchboard_actors::router::{thread_key, RouteKind, RouteRequest, RoutingPolicy};
 use switchboard_actors::routing::{BackendHandle, InFlightGuard, RouteError};
+use switchboard_actors::upstream::REQUEST_ID_HEADER;
 use tokio::time::Instant;
 
 use crate::auth;
 use crate::errors::{route_error, ApiError};
 use crate::http::relay::{RelayBody, RelayTimers, RequestSide, UpstreamBody, UpstreamSide};
+use crate::http::request::{check_rate, read_body};
 use crate::state::{AppState, WorkerClient};
 
 /// Response header naming the backend that served a proxied request.
 pub const BACKEND_HEADER: &str = "x-switchboard-backend";
 /// Response header saying why that backend was chosen (SPEC §2.1).
 pub const ROUTE_HEADER: &str = "x-switchboard-route";
-/// Request/response header correlating a request across broker and backend logs.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Routes under `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -144,32 +143,6 @@ pub fn parse_request_hints(
         (None, None) => PromptSig::default(),
     });
     Ok((model, RouteHints { thread, prompt }))
-}
-
-/// Reads the body up to `limit` bytes; 413 past it (checked on `Content-Length` first).
-pub async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(limit));
-    }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid(format!("cannot read request body: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(ApiError::too_large(limit));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 thread_local! {
@@ -381,22 +354,6 @@ async fn proxy_attempts(
     Err(ApiError::upstream_failed(format!(
         "every backend attempt for model `{model}` failed; last error: {last_error}"
     )))
-}
-
-/// The per-IP rate limit of API routes: 429 with `Retry-After` (counted, and logged once a
-/// minute per client).
-pub fn check_rate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let ip = crate::http::client_ip(req, state.trust_proxy);
-    state.rate_limiter.check(ip).map_err(|retry_after| {
-        auth::rate_limited(req, state, auth::Surface::of_path(req.path()), retry_after);
-        ApiError::rate_limited(
-            format!(
-                "rate limit of {} requests a minute exceeded; retry in {retry_after} s",
-                state.rate_limit_per_min
-            ),
-            retry_after,
-        )
-    })
 }
 
 /// An upstream response that is ready to be sent to the client.
@@ -664,17 +621,6 @@ fn model_entry(name: &str, backends: &[Arc<BackendHandle>]) -> Option<serde_json
         json!({"id": name, "object": "model", "created": created,
                "owned_by": owned_by, "backends": active, "healthy_backends": healthy})
     })
-}
-
-/// Proxy timing and limits, from configuration.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    pub max_body_bytes: usize,
-    pub max_retries: usize,
-    pub commit_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub total_timeout: Duration,
-    pub keepalive: Duration,
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -26,7 +25,7 @@ use tokio::time::{interval_at, Instant, Interval};
 
 use crate::auth::{self, bearer, Denied, Reason, Surface, UiCredentials};
 use crate::errors::ApiError;
-use crate::http::openai::read_body;
+use crate::http::request::read_body;
 use crate::state::AppState;
 
 /// `: heartbeat` comment cadence on idle push streams (keeps proxies from timing them out).
@@ -75,27 +74,13 @@ fn headers_json(headers: &HeaderMap, ui: &UiCredentials) -> Value {
     Value::Object(map)
 }
 
-/// A non-2xx connect answer becomes the client's status (SPEC §6: "with that status"), 3xx
-/// included; only a 1xx, which cannot be a final answer, becomes 502.
-fn rejected(status: u16) -> ApiError {
-    let code = StatusCode::from_u16(status)
-        .ok()
-        .filter(|s| s.as_u16() >= 300)
-        .unwrap_or(StatusCode::BAD_GATEWAY);
-    ApiError::with_status(
-        code,
-        "push_rejected",
-        format!("the application rejected this connection (its callback answered HTTP {status})"),
-    )
-}
-
 async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let hub = hub(&state, &req)?;
     if state.sessions.is_draining() || hub.is_shutting_down() {
         return Err(ApiError::unavailable("server is draining; reconnect later"));
     }
     // Each connect costs the application a callback: it counts against the per-IP rate.
-    crate::http::openai::check_rate(&req, &state)?;
+    crate::http::request::check_rate(&req, &state)?;
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
         auth::rate_limited(&req, &state, Surface::Push, 5);
@@ -130,28 +115,20 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
                 .insert_header(("x-accel-buffering", "no"))
                 .streaming(body))
         }
-        Err(ConnectError::Rejected(status)) => {
-            log::info!("push ip={ip} path={path} rejected by the application (HTTP {status})");
-            Err(rejected(status))
-        }
-        Err(ConnectError::Timeout) => {
-            log::warn!("push ip={ip} path={path}: the connect callback timed out; 504");
-            Err(ApiError::with_status(
-                StatusCode::GATEWAY_TIMEOUT,
-                "push_callback_timeout",
-                "the application's connect callback did not answer in time",
-            ))
-        }
-        Err(ConnectError::Unreachable(e)) => {
-            log::warn!("push ip={ip} path={path}: the connect callback failed ({e}); 502");
-            Err(ApiError::with_status(
-                StatusCode::BAD_GATEWAY,
-                "push_callback_failed",
-                "the application's connect callback could not be reached",
-            ))
-        }
-        Err(ConnectError::Gone) => {
-            Err(ApiError::unavailable("server is draining; reconnect later"))
+        Err(e) => {
+            match &e {
+                ConnectError::Rejected(status) => log::info!(
+                    "push ip={ip} path={path} rejected by the application (HTTP {status})"
+                ),
+                ConnectError::Timeout => {
+                    log::warn!("push ip={ip} path={path}: the connect callback timed out; 504")
+                }
+                ConnectError::Unreachable(e) => {
+                    log::warn!("push ip={ip} path={path}: the connect callback failed ({e}); 502")
+                }
+                ConnectError::Gone => {}
+            }
+            Err(e.into())
         }
     }
 }
@@ -329,16 +306,4 @@ pub fn start(
         switchboard_actors::push::strip_query(url)
     );
     Ok(Some(hub))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rejecting_callback_status_is_the_clients_status() {
-        for (callback, client) in [(403, 403), (302, 302), (503, 503), (101, 502)] {
-            assert_eq!(rejected(callback).status.as_u16(), client, "{callback}");
-        }
-    }
 }

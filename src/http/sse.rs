@@ -9,24 +9,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::Addr;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_actors::events::{Encoded, EventBody, SendTurn};
+use switchboard_actors::events::{CancelFields, Command, Encoded, EventBody, SendTurn};
 use switchboard_actors::model_stream::StopReason;
 use switchboard_actors::routing::RoutingTable;
-use switchboard_actors::session::{
-    Attach, Command, CommandError, ConnectionSink, Detach, End, GetState, Session,
-};
+use switchboard_actors::session::{Attach, ConnectionSink, Detach, End, GetState, Session};
 use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, Interval};
 
 use crate::errors::ApiError;
-use crate::http::openai::read_body;
+use crate::http::request::read_body;
 use crate::state::AppState;
 
 /// Queued bytes past which an SSE client is a slow consumer: its stream ends (it reconnects
@@ -76,27 +74,10 @@ fn session(state: &AppState, id: &str) -> Result<Addr<Session>, ApiError> {
     })
 }
 
-fn unavailable(e: SessionsError) -> ApiError {
-    let msg = match e {
-        SessionsError::AtCapacity => "at the session capacity; try again later",
-        SessionsError::Draining => "server is draining; try again later",
-    };
-    ApiError::unavailable(msg)
-}
-
-fn command_error(e: CommandError) -> ApiError {
-    let status = match e.code {
-        "busy" => StatusCode::CONFLICT,
-        "not_found" => StatusCode::NOT_FOUND,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    ApiError::with_status(status, e.code, e.message)
-}
-
 async fn create(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
-    crate::http::openai::check_rate(&req, &state)?;
-    let (id, _) = state.sessions.create().map_err(unavailable)?;
+    crate::http::request::check_rate(&req, &state)?;
+    let (id, _) = state.sessions.create().map_err(ApiError::from)?;
     Ok(HttpResponse::Created().json(json!({"session_id": id})))
 }
 
@@ -130,7 +111,7 @@ async fn run_command(state: &AppState, id: &str, cmd: Command) -> Result<(), Api
     addr.send(cmd)
         .await
         .map_err(|_| ApiError::not_found("session ended"))?
-        .map_err(command_error)
+        .map_err(ApiError::from)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
@@ -159,22 +140,17 @@ async fn send(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
-    crate::http::openai::check_rate(&req, &state)?;
+    crate::http::request::check_rate(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b = parse_send(&body)?;
     if b.kind.is_some_and(|k| k != "send") {
         return Err(ApiError::invalid("`type`, when given, must be \"send\""));
     }
-    untrusted(b.send.check_untrusted())?;
     let request_id = b.send.request_id.clone();
-    run_command(&state, &path, Command::Send(b.send)).await?;
+    let command = Command::Send(b.send);
+    untrusted(command.check_untrusted())?;
+    run_command(&state, &path, command).await?;
     Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
-}
-
-#[derive(Deserialize)]
-struct CancelBody {
-    request_id: String,
-    model: Option<String>,
 }
 
 async fn cancel(
@@ -185,24 +161,12 @@ async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
-    let b: CancelBody = parse(&body)?;
-    untrusted(switchboard_actors::events::check_untrusted(
-        "request_id",
-        &b.request_id,
-    ))?;
-    if let Some(m) = &b.model {
-        untrusted(switchboard_actors::events::check_untrusted("model", m))?;
-    }
-    run_command(
-        &state,
-        &path,
-        Command::Cancel {
-            request_id: b.request_id.clone(),
-            model: b.model,
-        },
-    )
-    .await?;
-    Ok(HttpResponse::Accepted().json(json!({"request_id": b.request_id})))
+    let b: CancelFields = parse(&body)?;
+    let request_id = b.request_id.clone();
+    let command = Command::from(b);
+    untrusted(command.check_untrusted())?;
+    run_command(&state, &path, command).await?;
+    Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
 }
 
 async fn clear(
@@ -228,7 +192,7 @@ async fn events(
     guard(&req, &state)?;
     let addr = session(&state, &path)?;
     if state.sessions.is_draining() {
-        return Err(unavailable(SessionsError::Draining));
+        return Err(SessionsError::Draining.into());
     }
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {

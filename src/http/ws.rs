@@ -30,7 +30,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, Websocke
 use switchboard_actors::events::{
     parse_client_message, ByteString, ClientMessage, Encoded, EventBody,
 };
-use switchboard_actors::session::{Attach, Command, ConnectionSink, Detach, Session};
+use switchboard_actors::session::{Attach, ConnectionSink, Detach, Session};
 use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
 
 use crate::errors::ApiError;
@@ -233,17 +233,9 @@ impl WsConnection {
                 );
                 return;
             }
-            Ok(ClientMessage::Send(send)) => Command::Send(send),
-            Ok(ClientMessage::Cancel { request_id, model }) => {
-                Command::Cancel { request_id, model }
-            }
-            Ok(ClientMessage::Clear {}) => Command::Clear,
+            Ok(ClientMessage::Command(command)) => command,
         };
-        let request_id = match &command {
-            Command::Send(s) => Some(s.request_id.clone()),
-            Command::Cancel { request_id, .. } => Some(request_id.clone()),
-            Command::Clear => None,
-        };
+        let request_id = command.request_id().map(str::to_string);
         let label = self.label();
         addr.send(command)
             .into_actor(self)
@@ -255,7 +247,10 @@ impl WsConnection {
                         request_id.as_deref().unwrap_or("-"),
                         e.message
                     );
-                    act.reply(ctx, &EventBody::client_error(request_id, e.code, e.message));
+                    act.reply(
+                        ctx,
+                        &EventBody::client_error(request_id, e.refusal.code(), e.message),
+                    );
                 }
                 Err(_) => act.close_with(ctx, close::UNKNOWN_SESSION, "session ended"),
             })
