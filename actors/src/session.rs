@@ -14,14 +14,17 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::buffer::{EventBuffer, Replay, MAX_BUFFER_BYTES};
-use crate::events::{Encoded, EventBody, ModelMetrics, ModelSnapshot, SendTurn, ToolCallSummary};
+use crate::events::{Encoded, EventBody, ModelSnapshot, SendTurn};
 use crate::history::History;
 use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, StreamSpec};
 use crate::record::now_ms;
 use crate::sessions::Sessions;
-use crate::timeline::{Mark, TokenTimeline};
+use crate::timeline::Mark;
 
 mod persist;
+mod turn;
+
+use turn::{ModelRun, RunState, Turn};
 
 /// Most models one turn may address (SPEC §4.1).
 pub const MAX_MODELS_PER_TURN: usize = 8;
@@ -50,71 +53,6 @@ impl CommandError {
             code,
             message: message.into(),
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RunState {
-    Streaming,
-    Done,
-    Error,
-    Cancelled,
-    /// The broker stopped (crash, redeploy) while the model was streaming (SPEC §4.4).
-    Interrupted,
-}
-
-impl RunState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Streaming => "streaming",
-            Self::Done => "done",
-            Self::Error => "error",
-            Self::Cancelled => "cancelled",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
-struct ModelRun {
-    state: RunState,
-    content: String,
-    metrics: ModelMetrics,
-    /// The running stream; `None` once the model ended. Stopping it cancels the upstream.
-    stream: Option<Addr<ModelStream>>,
-    /// Arrival times for `resync` snapshots of the token timeline.
-    timeline: TokenTimeline,
-}
-
-struct Turn {
-    request_id: String,
-    prompt: String,
-    models: Vec<String>,
-    runs: HashMap<String, ModelRun>,
-    started_ms: u64,
-}
-
-impl Turn {
-    fn running(&self) -> impl Iterator<Item = &String> {
-        self.models.iter().filter(|m| {
-            self.runs
-                .get(*m)
-                .is_some_and(|r| r.state == RunState::Streaming)
-        })
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, ModelSnapshot> {
-        self.runs
-            .iter()
-            .map(|(m, r)| {
-                let snap = ModelSnapshot {
-                    content: r.content.clone(),
-                    state: r.state.as_str(),
-                    metrics: r.metrics.clone(),
-                    timeline: Some(r.timeline.clone()),
-                };
-                (m.clone(), snap)
-            })
-            .collect()
     }
 }
 
@@ -249,16 +187,7 @@ impl Session {
                 thread: Some(self.id.as_str().into()),
             };
             let stream = ModelStream::new(spec, ctx.address().recipient()).start();
-            runs.insert(
-                model.clone(),
-                ModelRun {
-                    state: RunState::Streaming,
-                    content: String::new(),
-                    metrics: ModelMetrics::default(),
-                    stream: Some(stream),
-                    timeline: TokenTimeline::new(acked_ts),
-                },
-            );
+            runs.insert(model.clone(), ModelRun::started(Some(stream), acked_ts));
         }
         self.registry
             .counters()
@@ -632,61 +561,10 @@ impl Handler<StreamEvent> for Session {
         if run.state != RunState::Streaming {
             return; // a stream stopped by cancel may still have events in flight
         }
-        let mut ended = false;
-        match &ev.body {
-            EventBody::Start { backend, .. } => run.metrics.backend = Some(backend.clone()),
-            EventBody::Ttft { ms, .. } => {
-                run.metrics.ttft_ms = Some(*ms);
-                self.registry.counters().ttft.observe_ms(*ms);
-            }
-            EventBody::Token { content, .. } => run.content.push_str(content),
-            EventBody::ToolStart {
-                tool_call_id, name, ..
-            } => run.metrics.tool_calls.push(ToolCallSummary {
-                tool_call_id: tool_call_id.clone(),
-                name: name.clone(),
-                arguments: None,
-                ms: None,
-            }),
-            EventBody::ToolEnd {
-                tool_call_id,
-                arguments,
-                ms,
-                ..
-            } => {
-                if let Some(t) = run
-                    .metrics
-                    .tool_calls
-                    .iter_mut()
-                    .rev()
-                    .find(|t| &t.tool_call_id == tool_call_id)
-                {
-                    t.arguments = Some(arguments.clone());
-                    t.ms = Some(*ms);
-                }
-            }
-            EventBody::Done {
-                total_ms,
-                usage,
-                finish_reason,
-                ..
-            } => {
-                run.metrics.total_ms = Some(*total_ms);
-                run.metrics.usage = Some(*usage);
-                run.metrics.finish_reason = finish_reason.clone();
-                run.state = RunState::Done;
-                ended = true;
-            }
-            EventBody::Error { message, .. } => {
-                run.metrics.error = Some(message.clone());
-                run.state = RunState::Error;
-                ended = true;
-            }
-            _ => {}
+        if let EventBody::Ttft { ms, .. } = &ev.body {
+            self.registry.counters().ttft.observe_ms(*ms);
         }
-        if ended {
-            run.stream = None;
-        }
+        let ended = run.apply(&ev.body);
         let mark = Mark::of(&ev.body);
         let ts = self.emit(ev.body);
         if let Some(mark) = mark {
