@@ -68,7 +68,9 @@ pub struct SessionSettings {
 /// See the module docs. Created by [`Sessions`], on the arbiter of the request that made it.
 pub struct Session {
     id: String,
-    registry: Arc<Sessions>,
+    /// The session directory ([`Sessions`]: id → address, counters, the routing table and the
+    /// session store) — not the backend `Registry`. The session removes itself in `stopping()`.
+    directory: Arc<Sessions>,
     settings: SessionSettings,
     buffer: EventBuffer,
     /// The id the next turn event gets; ids start at 1.
@@ -93,11 +95,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new, empty session registered in `registry` under `id`.
-    pub fn new(id: String, registry: Arc<Sessions>, settings: SessionSettings) -> Self {
+    /// A new, empty session registered in `directory` under `id`.
+    pub fn new(id: String, directory: Arc<Sessions>, settings: SessionSettings) -> Self {
         Self {
             id,
-            registry,
+            directory,
             buffer: EventBuffer::new(settings.event_buffer, MAX_BUFFER_BYTES),
             settings,
             next_id: 1,
@@ -116,7 +118,7 @@ impl Session {
 
     fn touch(&mut self) {
         self.last_active = Instant::now();
-        self.registry.touch(&self.id, self.connections.len());
+        self.directory.touch(&self.id, self.connections.len());
     }
 
     /// Numbers, buffers and fans out one turn event; returns its `ts`.
@@ -182,18 +184,18 @@ impl Session {
                 messages: self.history.messages_for(model, &send.content),
                 params: send.params.clone().unwrap_or_default(),
                 turn_started,
-                table: self.registry.table(),
+                table: self.directory.table(),
                 settings: self.settings.streams,
                 thread: Some(self.id.as_str().into()),
             };
             let stream = ModelStream::new(spec, ctx.address().recipient()).start();
             runs.insert(model.clone(), ModelRun::started(Some(stream), acked_ts));
         }
-        self.registry
+        self.directory
             .counters()
             .turns
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.registry
+        self.directory
             .counters()
             .turns_in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -234,7 +236,7 @@ impl Session {
                 }
             }
         }
-        self.registry
+        self.directory
             .counters()
             .cancellations
             .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -259,7 +261,7 @@ impl Session {
             request_id: request_id.as_str().into(),
         });
         if let Some(turn) = self.turn.take() {
-            self.registry
+            self.directory
                 .counters()
                 .turns_in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -372,7 +374,7 @@ impl Actor for Session {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(turn) = &mut self.turn {
-            self.registry
+            self.directory
                 .counters()
                 .turns_in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -386,7 +388,7 @@ impl Actor for Session {
             sink.close(4001, "session ended");
         }
         self.connections.clear();
-        self.registry.remove(&self.id);
+        self.directory.remove(&self.id);
         match self.end_reason {
             // Shutdown, or stopped with its arbiter: a redeploy resumes it.
             Some(StopReason::Shutdown) | None => self.persist(),
@@ -435,7 +437,7 @@ impl Handler<Attach> for Session {
         let after = msg.last_event_id.unwrap_or(0);
         match self.replay_since(after) {
             Replay::Events(events) => {
-                self.registry.count_replay(events.len());
+                self.directory.count_replay(events.len());
                 for e in events {
                     if !msg.sink.deliver(e) {
                         return;
@@ -562,7 +564,7 @@ impl Handler<StreamEvent> for Session {
             return; // a stream stopped by cancel may still have events in flight
         }
         if let EventBody::Ttft { ms, .. } = &ev.body {
-            self.registry.counters().ttft.observe_ms(*ms);
+            self.directory.counters().ttft.observe_ms(*ms);
         }
         let ended = run.apply(&ev.body);
         let mark = Mark::of(&ev.body);
