@@ -659,3 +659,7 @@ impl Handler<CloseConnections> for Session {
         self.arm_grace(ctx);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests;
