@@ -12,7 +12,7 @@
 //! - [`backend`]: one actor per server: its health checks, failure policy and record.
 //! - [`supervisor`]: owns the backend actors; register/update/delete; rebuilds routing.
 //! - [`silence`]: idle/keep-alive timeouts that cost nothing per chunk.
-//! - [`sse`]: the incremental Server-Sent-Events parser for upstream streams.
+//! - [`sse_parser`]: the incremental Server-Sent-Events parser for upstream streams.
 //! - [`openai_stream`]: OpenAI chunk stream → text, tool calls, usage (both tool-call styles).
 //! - [`json`]: the one JSON-body parser; errors name the offending field.
 //! - [`events`]: the session wire format shared by the WebSocket and SSE transports.
@@ -47,7 +47,7 @@ pub mod session;
 pub mod session_store;
 pub mod sessions;
 pub mod silence;
-pub mod sse;
+pub mod sse_parser;
 pub mod supervisor;
 pub mod timeline;
 pub mod upstream;

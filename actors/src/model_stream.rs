@@ -24,7 +24,7 @@ use crate::record::now_ms;
 use crate::router::{thread_key, RouteRequest, RoutingPolicy};
 use crate::routing::{RouteError, RoutingTable};
 use crate::silence::SilenceTimer;
-use crate::sse::SseParser;
+use crate::sse_parser::SseParser;
 use crate::upstream;
 use crate::usage::TokenCounts;
 

@@ -289,7 +289,7 @@ impl ChunkInterpreter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
+    use crate::sse_parser::SseParser;
 
     fn run(transcript: &[u8]) -> (Vec<Output>, ChunkInterpreter) {
         let mut parser = SseParser::new();

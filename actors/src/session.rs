@@ -14,17 +14,17 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::buffer::{EventBuffer, Replay, MAX_BUFFER_BYTES};
-use crate::events::{
-    Command, CommandError, Encoded, EventBody, ModelMetrics, ModelSnapshot, Refusal, SendTurn,
-    ToolCallSummary,
-};
+use crate::events::{Command, CommandError, Encoded, EventBody, ModelSnapshot, Refusal, SendTurn};
 use crate::history::History;
 use crate::model_stream::{ModelStream, StopReason, StopStream, StreamEvent, StreamSpec};
 use crate::record::now_ms;
 use crate::sessions::Sessions;
-use crate::timeline::{Mark, TokenTimeline};
+use crate::timeline::Mark;
 
 mod persist;
+mod turn;
+
+use turn::{ModelRun, RunState, Turn};
 
 /// Most models one turn may address (SPEC §4.1).
 pub const MAX_MODELS_PER_TURN: usize = 8;
@@ -40,71 +40,6 @@ pub trait ConnectionSink: Send {
     fn close(&self, code: u16, reason: &str);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RunState {
-    Streaming,
-    Done,
-    Error,
-    Cancelled,
-    /// The broker stopped (crash, redeploy) while the model was streaming (SPEC §4.4).
-    Interrupted,
-}
-
-impl RunState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Streaming => "streaming",
-            Self::Done => "done",
-            Self::Error => "error",
-            Self::Cancelled => "cancelled",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
-struct ModelRun {
-    state: RunState,
-    content: String,
-    metrics: ModelMetrics,
-    /// The running stream; `None` once the model ended. Stopping it cancels the upstream.
-    stream: Option<Addr<ModelStream>>,
-    /// Arrival times for `resync` snapshots of the token timeline.
-    timeline: TokenTimeline,
-}
-
-struct Turn {
-    request_id: String,
-    prompt: String,
-    models: Vec<String>,
-    runs: HashMap<String, ModelRun>,
-    started_ms: u64,
-}
-
-impl Turn {
-    fn running(&self) -> impl Iterator<Item = &String> {
-        self.models.iter().filter(|m| {
-            self.runs
-                .get(*m)
-                .is_some_and(|r| r.state == RunState::Streaming)
-        })
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, ModelSnapshot> {
-        self.runs
-            .iter()
-            .map(|(m, r)| {
-                let snap = ModelSnapshot {
-                    content: r.content.clone(),
-                    state: r.state.as_str(),
-                    metrics: r.metrics.clone(),
-                    timeline: Some(r.timeline.clone()),
-                };
-                (m.clone(), snap)
-            })
-            .collect()
-    }
-}
-
 /// Session settings, from configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSettings {
@@ -117,7 +52,9 @@ pub struct SessionSettings {
 /// See the module docs. Created by [`Sessions`], on the arbiter of the request that made it.
 pub struct Session {
     id: String,
-    registry: Arc<Sessions>,
+    /// The session directory ([`Sessions`]: id → address, counters, the routing table and the
+    /// session store) — not the backend `Registry`. The session removes itself in `stopping()`.
+    directory: Arc<Sessions>,
     settings: SessionSettings,
     buffer: EventBuffer,
     /// The id the next turn event gets; ids start at 1.
@@ -142,11 +79,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new, empty session registered in `registry` under `id`.
-    pub fn new(id: String, registry: Arc<Sessions>, settings: SessionSettings) -> Self {
+    /// A new, empty session registered in `directory` under `id`.
+    pub fn new(id: String, directory: Arc<Sessions>, settings: SessionSettings) -> Self {
         Self {
             id,
-            registry,
+            directory,
             buffer: EventBuffer::new(settings.event_buffer, MAX_BUFFER_BYTES),
             settings,
             next_id: 1,
@@ -165,7 +102,7 @@ impl Session {
 
     fn touch(&mut self) {
         self.last_active = Instant::now();
-        self.registry.touch(&self.id, self.connections.len());
+        self.directory.touch(&self.id, self.connections.len());
     }
 
     /// Numbers, buffers and fans out one turn event; returns its `ts`.
@@ -231,27 +168,18 @@ impl Session {
                 messages: self.history.messages_for(model, &send.content),
                 params: send.params.clone().unwrap_or_default(),
                 turn_started,
-                table: self.registry.table(),
+                table: self.directory.table(),
                 settings: self.settings.streams,
                 thread: Some(self.id.as_str().into()),
             };
             let stream = ModelStream::new(spec, ctx.address().recipient()).start();
-            runs.insert(
-                model.clone(),
-                ModelRun {
-                    state: RunState::Streaming,
-                    content: String::new(),
-                    metrics: ModelMetrics::default(),
-                    stream: Some(stream),
-                    timeline: TokenTimeline::new(acked_ts),
-                },
-            );
+            runs.insert(model.clone(), ModelRun::started(Some(stream), acked_ts));
         }
-        self.registry
+        self.directory
             .counters()
             .turns
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.registry
+        self.directory
             .counters()
             .turns_in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -292,7 +220,7 @@ impl Session {
                 }
             }
         }
-        self.registry
+        self.directory
             .counters()
             .cancellations
             .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -317,7 +245,7 @@ impl Session {
             request_id: request_id.as_str().into(),
         });
         if let Some(turn) = self.turn.take() {
-            self.registry
+            self.directory
                 .counters()
                 .turns_in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -430,7 +358,7 @@ impl Actor for Session {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(turn) = &mut self.turn {
-            self.registry
+            self.directory
                 .counters()
                 .turns_in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -444,7 +372,7 @@ impl Actor for Session {
             sink.close(4001, "session ended");
         }
         self.connections.clear();
-        self.registry.remove(&self.id);
+        self.directory.remove(&self.id);
         match self.end_reason {
             // Shutdown, or stopped with its arbiter: a redeploy resumes it.
             Some(StopReason::Shutdown) | None => self.persist(),
@@ -493,7 +421,7 @@ impl Handler<Attach> for Session {
         let after = msg.last_event_id.unwrap_or(0);
         match self.replay_since(after) {
             Replay::Events(events) => {
-                self.registry.count_replay(events.len());
+                self.directory.count_replay(events.len());
                 for e in events {
                     if !msg.sink.deliver(e) {
                         return;
@@ -612,61 +540,10 @@ impl Handler<StreamEvent> for Session {
         if run.state != RunState::Streaming {
             return; // a stream stopped by cancel may still have events in flight
         }
-        let mut ended = false;
-        match &ev.body {
-            EventBody::Start { backend, .. } => run.metrics.backend = Some(backend.clone()),
-            EventBody::Ttft { ms, .. } => {
-                run.metrics.ttft_ms = Some(*ms);
-                self.registry.counters().ttft.observe_ms(*ms);
-            }
-            EventBody::Token { content, .. } => run.content.push_str(content),
-            EventBody::ToolStart {
-                tool_call_id, name, ..
-            } => run.metrics.tool_calls.push(ToolCallSummary {
-                tool_call_id: tool_call_id.clone(),
-                name: name.clone(),
-                arguments: None,
-                ms: None,
-            }),
-            EventBody::ToolEnd {
-                tool_call_id,
-                arguments,
-                ms,
-                ..
-            } => {
-                if let Some(t) = run
-                    .metrics
-                    .tool_calls
-                    .iter_mut()
-                    .rev()
-                    .find(|t| &t.tool_call_id == tool_call_id)
-                {
-                    t.arguments = Some(arguments.clone());
-                    t.ms = Some(*ms);
-                }
-            }
-            EventBody::Done {
-                total_ms,
-                usage,
-                finish_reason,
-                ..
-            } => {
-                run.metrics.total_ms = Some(*total_ms);
-                run.metrics.usage = Some(*usage);
-                run.metrics.finish_reason = finish_reason.clone();
-                run.state = RunState::Done;
-                ended = true;
-            }
-            EventBody::Error { message, .. } => {
-                run.metrics.error = Some(message.clone());
-                run.state = RunState::Error;
-                ended = true;
-            }
-            _ => {}
+        if let EventBody::Ttft { ms, .. } = &ev.body {
+            self.directory.counters().ttft.observe_ms(*ms);
         }
-        if ended {
-            run.stream = None;
-        }
+        let ended = run.apply(&ev.body);
         let mark = Mark::of(&ev.body);
         let ts = self.emit(ev.body);
         if let Some(mark) = mark {
@@ -759,3 +636,7 @@ impl Handler<CloseConnections> for Session {
         self.arm_grace(ctx);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests;

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use switchboard_actors::events::parse_client_message;
 use switchboard_actors::openai_stream::ChunkInterpreter;
-use switchboard_actors::sse::{SseEvent, SseParser};
+use switchboard_actors::sse_parser::{SseEvent, SseParser};
 
 fn parse_all(chunks: &[&[u8]]) -> (Vec<SseEvent>, bool) {
     let mut parser = SseParser::with_max_line(4096);

@@ -401,7 +401,7 @@ pub(crate) async fn sse_read(
             .and_then(|v| v.to_str().ok()),
         Some("no")
     );
-    let mut parser = switchboard_actors::sse::SseParser::new();
+    let mut parser = switchboard_actors::sse_parser::SseParser::new();
     let mut frames = Vec::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -88,14 +88,14 @@ impl Session {
     /// turn in flight at the time is `interrupted`).
     pub(crate) fn restore(
         stored: StoredSession,
-        registry: Arc<Sessions>,
+        directory: Arc<Sessions>,
         settings: SessionSettings,
     ) -> Self {
         let idle = Duration::from_millis(now_ms().saturating_sub(stored.last_active_ms));
         let now = Instant::now();
         Self {
             id: stored.id,
-            registry,
+            directory,
             buffer: EventBuffer::new(settings.event_buffer, MAX_BUFFER_BYTES),
             settings,
             next_id: stored.last_event_id + 1,
@@ -128,14 +128,14 @@ impl Session {
 
     /// Writes the stored copy (turn start and end, clear, shutdown).
     pub(super) fn persist(&self) {
-        if let Some(store) = self.registry.store() {
+        if let Some(store) = self.directory.store() {
             store.save(&self.stored());
         }
     }
 
     /// Deletes the stored copy (expiry, eviction, `DELETE`).
     pub(super) fn forget(&self) {
-        if let Some(store) = self.registry.store() {
+        if let Some(store) = self.directory.store() {
             store.delete(&self.id);
         }
     }
