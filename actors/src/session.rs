@@ -234,16 +234,13 @@ impl Session {
         self.finish_if_complete();
     }
 
-    /// When every model has ended: `complete`, history appended, the turn retired.
+    /// When every model has ended: history appended, the turn retired and stored, `complete`.
     fn finish_if_complete(&mut self) {
         let Some(turn) = &self.turn else { return };
         if turn.running().next().is_some() {
             return;
         }
         let request_id = turn.request_id.clone();
-        self.emit(EventBody::Complete {
-            request_id: request_id.as_str().into(),
-        });
         if let Some(turn) = self.turn.take() {
             self.directory
                 .counters()
@@ -264,7 +261,13 @@ impl Session {
             self.last_turn = Some(turn);
         }
         self.touch();
-        self.persist();
+        // On disk before `complete` goes out: a client that saw a turn end finds it after a
+        // crash (SPEC §4.4). Its id is not stored; a resuming client's `last_event_id` moves
+        // the numbering past it (see `continue_after`).
+        self.persist_durable();
+        self.emit(EventBody::Complete {
+            request_id: request_id.as_str().into(),
+        });
     }
 
     fn arm_grace(&mut self, ctx: &mut Context<Self>) {
@@ -520,8 +523,8 @@ impl Handler<Command> for Session {
                 self.cancel(None, StopReason::Cancelled);
                 self.history.clear();
                 self.last_turn = None;
+                self.persist_durable();
                 self.emit(EventBody::Cleared {});
-                self.persist();
                 log::info!("session_id={} cleared", self.id);
                 Ok(())
             }

@@ -101,6 +101,7 @@ async fn upgrade(
         last_heard: Instant::now(),
         outbox: Arc::clone(&outbox),
         refusal,
+        fragments: None,
     };
     let mut resp = ws::handshake(&req)
         .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))?;
@@ -131,6 +132,9 @@ pub struct WsConnection {
     outbox: Arc<Outbox>,
     /// Set by the frame guard when it stopped reading the client (close 1009 / 1002).
     refusal: Verdict,
+    /// A fragmented message being reassembled (RFC 6455 §5.4): whether it is text, and its
+    /// bytes so far (at most [`MAX_FRAME`] in all, like a single frame).
+    fragments: Option<(bool, bytes::BytesMut)>,
 }
 
 impl WsConnection {
@@ -192,6 +196,55 @@ impl WsConnection {
         let event = Encoded::new(None, body);
         self.outbox.count(event.json.len());
         self.send_now(ctx, &event.json);
+    }
+
+    /// Reassembles a fragmented message: a text message is handled whole when its last
+    /// fragment arrives; over 1 MiB in all it is refused with 1009 like one big frame.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut WebsocketContext<Self>) {
+        let (first, last, bytes) = match item {
+            actix_http::ws::Item::FirstText(b) => (Some(true), false, b),
+            actix_http::ws::Item::FirstBinary(b) => (Some(false), false, b),
+            actix_http::ws::Item::Continue(b) => (None, false, b),
+            actix_http::ws::Item::Last(b) => (None, true, b),
+        };
+        match (first, self.fragments.as_mut()) {
+            (Some(is_text), None) => {
+                self.fragments = Some((is_text, bytes::BytesMut::from(&bytes[..])));
+            }
+            (None, Some((_, buf))) => buf.extend_from_slice(&bytes),
+            // A new message before the last one ended, or a continuation of nothing.
+            _ => {
+                self.fragments = None;
+                return self.close_with(
+                    ctx,
+                    close::PROTOCOL_ERROR,
+                    "protocol error: unexpected continuation frame",
+                );
+            }
+        }
+        if self
+            .fragments
+            .as_ref()
+            .is_some_and(|(_, buf)| buf.len() > MAX_FRAME)
+        {
+            self.fragments = None;
+            return self.close_with(ctx, close::TOO_BIG, "message larger than 1 MiB");
+        }
+        if !last {
+            return;
+        }
+        let Some((is_text, buf)) = self.fragments.take() else {
+            return;
+        };
+        match (is_text, std::str::from_utf8(&buf)) {
+            (true, Ok(text)) => self.on_text(text, ctx),
+            (true, Err(_)) => self.close_with(
+                ctx,
+                close::PROTOCOL_ERROR,
+                "protocol error: a text message that is not UTF-8",
+            ),
+            (false, _) => StreamHandler::handle(self, Ok(ws::Message::Binary(buf.freeze())), ctx),
+        }
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
@@ -371,7 +424,8 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsConnection {
                 }
             }
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) | Ok(ws::Message::Continuation(_)) => {}
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => self.close_frame(ctx, reason),
             Err(ProtocolError::Overflow) => {
                 self.close_with(ctx, close::TOO_BIG, "frame larger than 1 MiB")

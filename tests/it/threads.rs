@@ -251,3 +251,53 @@ async fn a_session_survives_a_graceful_restart_too() {
     let sent = m.stats().last_requests.last().cloned().unwrap_or_default();
     assert_eq!(sent["messages"].as_array().map(Vec::len), Some(3), "{sent}");
 }
+
+/// A turn whose `complete` a client saw is on disk: `kill -9` right after it loses nothing
+/// (the session is flushed before `complete` goes out). Three rounds, since a lost write is a
+/// race with the background flush.
+#[actix_rt::test]
+async fn a_turn_whose_complete_was_seen_survives_an_immediate_kill9() {
+    let model = "crash-d1";
+    let m = mock();
+    let mut broker = Broker::start(&[]);
+    broker.register(model, &m.url()).await;
+    for round in 0..3 {
+        let (mut ws, sid) = Ws::new_session(&broker.url).await;
+        ws.send(send_msg("k1", "remember this turn", &[model]))
+            .await;
+        let mut view = View::default();
+        read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+        broker.kill9();
+        broker.restart();
+        let mut ws = Ws::connect(&broker.url).await;
+        ws.send(json!({"type": "hello", "session_id": sid, "last_event_id": view.last_id}))
+            .await;
+        let s = ws.event().await;
+        assert_eq!(s["type"], "session", "round {round}: {s}");
+        assert_eq!(s["resumed"], true, "round {round}: {s}");
+        let resync = ws.event().await;
+        assert_eq!(
+            resync["snapshot"][model]["state"], "done",
+            "round {round}: {resync}"
+        );
+        ws.send(send_msg("k2", "and then", &[model])).await;
+        let mut next = View::default();
+        read_to_complete(&mut ws, &mut next, Duration::from_secs(10)).await;
+        let ids: Vec<u64> = next
+            .events
+            .iter()
+            .filter_map(|e| e["id"].as_u64())
+            .collect();
+        assert!(
+            ids.iter().all(|id| *id > view.last_id),
+            "round {round}: no id the client saw is reused: {ids:?} after {}",
+            view.last_id
+        );
+        let sent = m.stats().last_requests.last().cloned().unwrap_or_default();
+        assert_eq!(
+            sent["messages"].as_array().map(Vec::len),
+            Some(3),
+            "round {round}: the history went upstream: {sent}"
+        );
+    }
+}

@@ -251,3 +251,56 @@ async fn new_session_hellos_are_rate_limited_and_cannot_evict_a_detached_session
     assert_eq!(s["type"], "session", "{s}");
     assert_eq!(s["resumed"], true);
 }
+
+/// A masked frame with `first` (FIN bit and opcode) and a payload of up to 64 KiB.
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = masked_text_frame(payload);
+    f[0] = first;
+    f
+}
+
+/// Fragmented messages (RFC 6455 §5.4) are reassembled: a `ping` split over two frames gets its
+/// `pong`; fragments adding up to more than 1 MiB get 1009 like one big frame.
+#[actix_rt::test]
+async fn a_fragmented_message_is_reassembled_and_its_total_is_limited() {
+    let broker = Broker::start(&[]);
+    let mut sock = attached(&broker.url).await;
+    // Text, FIN=0 (0x01), then a continuation with FIN=1 (0x80).
+    sock.write_all(&masked_frame(0x01, br#"{"type":"#))
+        .await
+        .expect("first");
+    sock.write_all(&masked_frame(0x80, br#""ping"}"#))
+        .await
+        .expect("last");
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !frames(&data)
+        .iter()
+        .any(|(_, p)| String::from_utf8_lossy(p).contains("\"pong\""))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, sock.read(&mut buf))
+            .await
+            .expect("a pong for the fragmented ping")
+            .expect("read");
+        assert!(n > 0, "closed instead of answering");
+        data.extend_from_slice(&buf[..n]);
+    }
+
+    // 60 KiB fragments, 41 of them: over the 1 MiB limit in all.
+    let chunk = vec![b'a'; 60 * 1024];
+    sock.write_all(&masked_frame(0x01, &chunk))
+        .await
+        .expect("first");
+    let mut closed = None;
+    for _ in 0..40 {
+        if sock.write_all(&masked_frame(0x00, &chunk)).await.is_err() {
+            break;
+        }
+    }
+    if let Some((code, _)) = read_close(&mut sock, Duration::from_secs(5)).await {
+        closed = Some(code);
+    }
+    assert_eq!(closed, Some(1009), "fragments over 1 MiB in all");
+}

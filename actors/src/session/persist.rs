@@ -133,6 +133,14 @@ impl Session {
         }
     }
 
+    /// [`Session::persist`], flushed to disk before it returns: called before the event that
+    /// tells clients about it (`complete`, `cleared`) goes out.
+    pub(super) fn persist_durable(&self) {
+        if let Some(store) = self.directory.store() {
+            store.save_durable(&self.stored());
+        }
+    }
+
     /// Deletes the stored copy (expiry, eviction, `DELETE`).
     pub(super) fn forget(&self) {
         if let Some(store) = self.directory.store() {
