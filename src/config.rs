@@ -168,53 +168,16 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Shortest UI password public mode accepts.
 pub const MIN_PASSWORD_LEN: usize = 12;
 
-/// The variables this build knows; anything else under `SWITCHBOARD_` is warned about.
-pub const KNOWN_VARS: &[&str] = &[
-    "SWITCHBOARD_HOST",
-    "SWITCHBOARD_DATA_DIR",
-    "SWITCHBOARD_ADMIN_KEY",
-    "SWITCHBOARD_UI_USER",
-    "SWITCHBOARD_UI_PASSWORD",
-    "SWITCHBOARD_API_KEYS",
-    "SWITCHBOARD_DEMO",
-    "SWITCHBOARD_HEALTH_INTERVAL_S",
-    "SWITCHBOARD_HEALTH_TIMEOUT_S",
-    "SWITCHBOARD_MAX_CONSECUTIVE_FAILURES",
-    "SWITCHBOARD_RATE_LIMIT_PER_MIN",
-    "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
-    "SWITCHBOARD_SESSION_TTL_S",
-    "SWITCHBOARD_MAX_SESSIONS",
-    "SWITCHBOARD_DISCONNECT_GRACE_S",
-    "SWITCHBOARD_EVENT_BUFFER",
-    "SWITCHBOARD_TRUST_PROXY",
-    "SWITCHBOARD_ALLOW_PRIVATE_BACKENDS",
-    "SWITCHBOARD_INSECURE_PUBLIC",
-    "SWITCHBOARD_LOG_FORMAT",
-    "SWITCHBOARD_CONNECT_TIMEOUT_S",
-    "SWITCHBOARD_FIRST_BYTE_TIMEOUT_S",
-    "SWITCHBOARD_IDLE_TIMEOUT_S",
-    "SWITCHBOARD_TOTAL_TIMEOUT_S",
-    "SWITCHBOARD_COMMIT_TIMEOUT_S",
-    "SWITCHBOARD_KEEPALIVE_S",
-    "SWITCHBOARD_WS_HEARTBEAT_S",
-    "SWITCHBOARD_WS_SILENCE_TIMEOUT_S",
-    "SWITCHBOARD_SSE_HEARTBEAT_S",
-    "SWITCHBOARD_MAX_RETRIES",
-    "SWITCHBOARD_MAX_BODY_BYTES",
-    "SWITCHBOARD_DRAIN_TIMEOUT_S",
-    "SWITCHBOARD_OUTBOUND_LIMIT_BYTES",
-    "SWITCHBOARD_WORKERS",
-    "SWITCHBOARD_PUSH_CALLBACK_URL",
-    "SWITCHBOARD_PUSH_SECRET",
-    "SWITCHBOARD_REQUEST_TIMEOUT_S",
-    "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",
-    "SWITCHBOARD_ROUTING",
-    "SWITCHBOARD_QUEUE_MAX",
-    "SWITCHBOARD_QUEUE_TIMEOUT_S",
-    "SWITCHBOARD_AFFINITY_SLACK",
-    "SWITCHBOARD_CORS_ORIGINS",
-    "SWITCHBOARD_ALLOWED_HOSTS",
-];
+/// The environment variables this build reads: every `env = …` of the flags above, read from
+/// clap's own description of them, so no second hand-kept list can drift from it.
+pub fn known_vars() -> Vec<String> {
+    use clap::CommandFactory;
+    Config::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|var| var.to_string_lossy().into_owned())
+        .collect()
+}
 
 /// A configuration that parsed but cannot run. The message names the variable to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -458,7 +421,8 @@ fn invalid(var: &'static str, problem: &str) -> ConfigError {
 
 /// Names of `SWITCHBOARD_*` variables in `vars` that this build does not know.
 pub fn unknown_vars<'a>(vars: impl Iterator<Item = &'a str>) -> Vec<String> {
-    vars.filter(|k| k.starts_with("SWITCHBOARD_") && !KNOWN_VARS.contains(k))
+    let known = known_vars();
+    vars.filter(|k| k.starts_with("SWITCHBOARD_") && !known.iter().any(|v| v == k))
         .map(str::to_string)
         .collect()
 }
@@ -616,5 +580,15 @@ mod tests {
             unknown_vars(vars.into_iter()),
             ["SWITCHBOARD_HEALTH_INTERVAL"]
         );
+        // Derived from the flags: the newest variables are known without a second list.
+        let known = known_vars();
+        for var in [
+            "PORT",
+            "SWITCHBOARD_CORS_ORIGINS",
+            "SWITCHBOARD_QUEUE_TIMEOUT_S",
+            "SWITCHBOARD_REQUEST_TIMEOUT_S",
+        ] {
+            assert!(known.iter().any(|k| k == var), "{var} in {known:?}");
+        }
     }
 }

@@ -10,6 +10,16 @@
 //!
 //! The engine (registry, health, routing, upstream) lives in the `switchboard-actors` crate.
 
+// Production code reports failures instead of aborting, and writes through `log` (JSON lines in
+// production): tests opt back in (clippy.toml allows expect in tests; `cfg(test)` modules may
+// print). The startup banner is the one explicit exception (`startup::announce`).
+#![deny(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod auth;
 mod config;
 mod demo;
@@ -74,7 +84,7 @@ fn main() -> ExitCode {
     if let Err(e) = config.validate() {
         log::error!("{e}");
         if !json_logs {
-            eprintln!("switchboard: {e}");
+            startup::fatal(false, &e.to_string());
         }
         return ExitCode::from(2);
     }
@@ -83,7 +93,7 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             if !json_logs {
-                eprintln!("switchboard: {e}");
+                startup::fatal(false, &e.to_string());
             }
             ExitCode::FAILURE
         }

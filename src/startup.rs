@@ -74,6 +74,8 @@ fn ids_in_text(text: &str) -> Vec<(String, String)> {
 
 /// A line for people on stdout (the listening address, the admin-key banner): plain text, or
 /// with JSON logs one JSON object like every log line, so every line the process writes parses.
+/// One of the two places allowed to print (the crate denies `print_stdout` elsewhere).
+#[allow(clippy::print_stdout)]
 pub fn announce(json: bool, message: &str) {
     if json {
         let line = serde_json::json!({
@@ -89,6 +91,8 @@ pub fn announce(json: bool, message: &str) {
 }
 
 /// A fatal startup error on stderr, in the log format (`eprintln!` would break JSON logs).
+/// The other place allowed to print: the process is about to exit.
+#[allow(clippy::print_stderr)]
 pub fn fatal(json: bool, message: &str) {
     if json {
         let line = serde_json::json!({

@@ -28,6 +28,16 @@
 //! - [`endpoint`]: the OpenAI routes and the one rule that turns `endpoint_url` into their URLs.
 //! - [`timeline`]: token arrival times per model, for `resync` snapshots of the token timeline.
 
+// Production code reports failures instead of aborting, and writes through `log` (JSON lines in
+// production): tests opt back in (clippy.toml allows expect in tests; `cfg(test)` modules may
+// print). The startup banner is the one explicit exception (`startup::announce`).
+#![deny(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 pub mod backend;
 pub mod buffer;
 pub mod endpoint;

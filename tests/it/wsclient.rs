@@ -28,6 +28,8 @@ impl Ws {
     /// Opens `/ws` on the broker at `base` (`http://127.0.0.1:PORT`).
     pub async fn connect(base: &str) -> Ws {
         let url = format!("{}/ws", base.replace("http://", "ws://"));
+        // A test client of its own, like any outside client (the rule is for production code).
+        #[allow(clippy::disallowed_methods)]
         let (_, framed) = awc::Client::new()
             .ws(url)
             .max_frame_size(16 * 1024 * 1024)
