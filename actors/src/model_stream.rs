@@ -204,20 +204,23 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
                 continue;
             }
         };
-        let mut req = client
-            .post(uri)
-            .timeout(spec.settings.first_byte)
-            .insert_header(("content-type", "application/json"))
-            .insert_header(("accept", "text/event-stream"))
-            .insert_header((upstream::REQUEST_ID_HEADER, &*spec.request_id));
-        if let Some(auth) = &backend.auth_header {
-            req = req.insert_header(("authorization", auth.as_str()));
-        }
+        let build = || {
+            let req = client
+                .post(uri.clone())
+                .timeout(spec.settings.first_byte)
+                .insert_header(("content-type", "application/json"))
+                .insert_header(("accept", "text/event-stream"))
+                .insert_header((upstream::REQUEST_ID_HEADER, &*spec.request_id));
+            match &backend.auth_header {
+                Some(auth) => req.insert_header(("authorization", auth.as_str())),
+                None => req,
+            }
+        };
         let body = match &backend.upstream_model {
             Some(id) => Bytes::from(request_body_for(&spec, id).to_string()),
             None => body.clone(),
         };
-        let resp = match req.send_body(body).await {
+        let resp = match upstream::send_reconnecting(build, body).await {
             Ok(r) => r,
             Err(e) => {
                 last_error = format!("request failed: {e}");

@@ -19,7 +19,7 @@ use switchboard_actors::events::Usage;
 use switchboard_actors::prefix::PromptSig;
 use switchboard_actors::router::{thread_key, RouteKind, RouteRequest, RoutingPolicy};
 use switchboard_actors::routing::{BackendHandle, InFlightGuard, RouteError};
-use switchboard_actors::upstream::REQUEST_ID_HEADER;
+use switchboard_actors::upstream::{self, REQUEST_ID_HEADER};
 use tokio::time::Instant;
 
 use crate::auth;
@@ -394,28 +394,34 @@ async fn try_backend(
     request_id: &str,
     state: &AppState,
 ) -> Result<Committed, String> {
-    let mut upstream = client
-        .post(backend.uri(endpoint)?)
-        .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((REQUEST_ID_HEADER, request_id));
-    for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
-        if let Some(v) = req.headers().get(&name) {
-            upstream = upstream.insert_header((name, v.clone()));
+    let uri = backend.uri(endpoint)?;
+    let build = || {
+        let mut upstream = client
+            .post(uri.clone())
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header((REQUEST_ID_HEADER, request_id));
+        for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
+            if let Some(v) = req.headers().get(&name) {
+                upstream = upstream.insert_header((name, v.clone()));
+            }
         }
-    }
-    if let Some(auth) = &backend.auth_header {
-        upstream = upstream.insert_header((header::AUTHORIZATION, auth.as_str()));
-    }
+        if let Some(auth) = &backend.auth_header {
+            upstream = upstream.insert_header((header::AUTHORIZATION, auth.as_str()));
+        }
+        upstream
+    };
     let body = match &backend.upstream_model {
         Some(id) => with_model(body, id)?,
         None => body.clone(), // zero-copy: the client's bytes as they came
     };
-    let resp = upstream.send_body(body).await.map_err(|e| match e {
-        awc::error::SendRequestError::Timeout => {
-            "timed out waiting for response headers".to_string()
-        }
-        e => format!("request failed: {e}"),
-    })?;
+    let resp = upstream::send_reconnecting(build, body)
+        .await
+        .map_err(|e| match e {
+            awc::error::SendRequestError::Timeout => {
+                "timed out waiting for response headers".to_string()
+            }
+            e => format!("request failed: {e}"),
+        })?;
     let status = resp.status();
     if status.is_server_error() {
         return Err(format!("backend answered HTTP {}", status.as_u16()));

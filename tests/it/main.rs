@@ -16,6 +16,7 @@ mod ops;
 mod persistence;
 mod promtool;
 mod push;
+mod reconnect;
 mod resume;
 mod routing;
 mod security;
