@@ -51,29 +51,43 @@ if [[ ! -x "$BENCH" || ! -x "$ROOT/target/release/switchboard" ]]; then
     (cd "$ROOT" && nice -n 10 cargo build --release -p switchboard -p bench)
 fi
 
+POLICIES="${POLICIES:-round-robin,least-loaded,full}"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    PIDS=()
 }
 trap cleanup EXIT
 
-URLS=()
-for i in 0 1 2; do
-    port=$((BASE_PORT + i))
-    "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" --parallel 2 -c 8192 -t 1 \
-        >"$ROOT/target/llama-route-$port.log" 2>&1 &
-    PIDS+=($!)
-    URLS+=("http://127.0.0.1:$port")
-done
-for url in "${URLS[@]}"; do
-    for _ in $(seq 1 100); do
-        if curl -fsS "$url/health" >/dev/null 2>&1; then break; fi
-        sleep 0.2
+# Fresh servers for every policy, so that no policy inherits the prompt caches (slots and the
+# host-memory prompt cache, --cache-ram) of the one before.
+first=1
+IFS=, read -r -a POLICY_LIST <<<"$POLICIES"
+for policy in "${POLICY_LIST[@]}"; do
+    URLS=()
+    for i in 0 1 2; do
+        port=$((BASE_PORT + i))
+        "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" --parallel 2 -c 8192 -t 1 \
+            >"$ROOT/target/llama-route-$port.log" 2>&1 &
+        PIDS+=($!)
+        URLS+=("http://127.0.0.1:$port")
     done
-    curl -fsS "$url/health" >/dev/null || { echo "FAIL: $url did not become healthy"; exit 1; }
+    for url in "${URLS[@]}"; do
+        for _ in $(seq 1 100); do
+            if curl -fsS "$url/health" >/dev/null 2>&1; then break; fi
+            sleep 0.2
+        done
+        curl -fsS "$url/health" >/dev/null || { echo "FAIL: $url did not become healthy"; exit 1; }
+    done
+    urls="$(IFS=,; echo "${URLS[*]}")"
+    out="$("$BENCH" routing --llama "$urls" --llama-slots 2 --policies "$policy" \
+        --users "$USERS" --turns "$TURNS" --system-tokens "$SYSTEM_TOKENS" \
+        --user-tokens "$USER_TOKENS" "$@")"
+    if [[ $first == 1 ]]; then
+        echo "$out" | grep -v "^| $policy |"
+        first=0
+    fi
+    echo "$out" | grep "^| $policy |"
+    cleanup
 done
-
-IFS=,
-"$BENCH" routing --llama "${URLS[*]}" --llama-slots 2 \
-    --users "$USERS" --turns "$TURNS" --system-tokens "$SYSTEM_TOKENS" --user-tokens "$USER_TOKENS" "$@"

@@ -97,6 +97,8 @@ struct Shot {
     reply: String,
     /// From `timings` (llama.cpp) when present: (prompt_n, cache_n).
     timings: Option<(u64, u64)>,
+    /// Why a failed request failed (status and the start of its body), for the report.
+    error: String,
     /// From `usage` (uncached, `cached_tokens`), when a server sends no `timings`.
     usage: Option<(u64, u64)>,
 }
@@ -289,6 +291,9 @@ async fn run_one(
         _ => independent(args, sb.addr, &model).await,
     };
     let wall = started.elapsed();
+    if let Some(bad) = shots.iter().find(|s| !s.ok) {
+        eprintln!("{policy}: first failed request: {}", bad.error);
+    }
     let (wait_sum, wait_count) = queue_waits(&sb, &model).await;
     let mut row = Row {
         policy: policy.to_string(),
@@ -492,6 +497,14 @@ async fn call(addr: SocketAddr, body: &Value) -> Shot {
         .await
         .ok()?;
         shot.ok = head.status == 200 && shot.ttft.is_some();
+        if !shot.ok {
+            let text = String::from_utf8_lossy(&body);
+            shot.error = format!(
+                "HTTP {}: {}",
+                head.status,
+                text.chars().take(300).collect::<String>()
+            );
+        }
         Some(shot)
     };
     tokio::time::timeout(Duration::from_secs(300), fut)
