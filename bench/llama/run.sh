@@ -19,6 +19,7 @@
 #   bash bench/llama/run.sh --think-ms 1000          # users pause 0.5-1.5 s between turns
 #   bash bench/llama/run.sh --limit-factor 0         # no max_concurrency: the servers queue inside
 #   USERS=6 TURNS=3 bash bench/llama/run.sh
+#   LLAMA_ARGS="--threads-http 32" bash bench/llama/run.sh   # extra llama-server flags
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -69,7 +70,7 @@ for policy in "${POLICY_LIST[@]}"; do
     for i in 0 1 2; do
         port=$((BASE_PORT + i))
         "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" --parallel 2 -c 8192 -t 1 \
-            >"$ROOT/target/llama-route-$port.log" 2>&1 &
+            ${LLAMA_ARGS:-} >"$ROOT/target/llama-route-$port.log" 2>&1 &
         PIDS+=($!)
         URLS+=("http://127.0.0.1:$port")
     done

@@ -293,6 +293,9 @@ async fn run_one(
     let wall = started.elapsed();
     if let Some(bad) = shots.iter().find(|s| !s.ok) {
         eprintln!("{policy}: first failed request: {}", bad.error);
+        if let Some(first) = sb.log().lines().find(|l| l.contains("-> unhealthy")) {
+            eprintln!("{policy}: first backend failure in the broker's log: {first}");
+        }
     }
     let (wait_sum, wait_count) = queue_waits(&sb, &model).await;
     let mut row = Row {
