@@ -97,6 +97,10 @@ struct Shot {
     reply: String,
     /// From `timings` (llama.cpp) when present: (prompt_n, cache_n).
     timings: Option<(u64, u64)>,
+    /// Why a failed request failed (status and the start of its body), for the report.
+    error: String,
+    /// From `usage` (uncached, `cached_tokens`), when a server sends no `timings`.
+    usage: Option<(u64, u64)>,
 }
 
 /// One policy × workload.
@@ -107,6 +111,8 @@ struct Row {
     failed: usize,
     wall: Duration,
     hit_ratio: Option<f64>,
+    /// Real servers: the totals of their own `timings.prompt_n` (prefilled) and `cache_n`.
+    server_tokens: Option<(u64, u64)>,
     max_active: Vec<String>,
     queue_wait_mean_ms: f64,
     queued: u64,
@@ -285,6 +291,12 @@ async fn run_one(
         _ => independent(args, sb.addr, &model).await,
     };
     let wall = started.elapsed();
+    if let Some(bad) = shots.iter().find(|s| !s.ok) {
+        eprintln!("{policy}: first failed request: {}", bad.error);
+        if let Some(first) = sb.log().lines().find(|l| l.contains("-> unhealthy")) {
+            eprintln!("{policy}: first backend failure in the broker's log: {first}");
+        }
+    }
     let (wait_sum, wait_count) = queue_waits(&sb, &model).await;
     let mut row = Row {
         policy: policy.to_string(),
@@ -295,6 +307,7 @@ async fn run_one(
         failed: shots.iter().filter(|s| !s.ok).count(),
         wall,
         hit_ratio: None,
+        server_tokens: None,
         max_active: Vec::new(),
         queue_wait_mean_ms: if wait_count > 0 {
             wait_sum * 1000.0 / wait_count as f64
@@ -304,11 +317,12 @@ async fn run_one(
         queued: wait_count,
     };
     if backends.mocks.is_empty() {
-        let (p, c) = shots
+        let (pn, cn) = shots
             .iter()
-            .filter_map(|s| s.timings)
-            .fold((0, 0), |(p, c), (pn, cn)| (p + pn + cn, c + cn));
-        row.hit_ratio = (p > 0).then(|| c as f64 / p as f64);
+            .filter_map(|s| s.timings.or(s.usage))
+            .fold((0, 0), |(p, c), (pn, cn)| (p + pn, c + cn));
+        row.hit_ratio = (pn + cn > 0).then(|| cn as f64 / (pn + cn) as f64);
+        row.server_tokens = Some((pn, cn));
         row.max_active = backends.slots.iter().map(|s| format!("?/{s}")).collect();
     } else {
         let stats: Vec<_> = backends
@@ -486,6 +500,14 @@ async fn call(addr: SocketAddr, body: &Value) -> Shot {
         .await
         .ok()?;
         shot.ok = head.status == 200 && shot.ttft.is_some();
+        if !shot.ok {
+            let text = String::from_utf8_lossy(&body);
+            shot.error = format!(
+                "HTTP {}: {}",
+                head.status,
+                text.chars().take(300).collect::<String>()
+            );
+        }
         Some(shot)
     };
     tokio::time::timeout(Duration::from_secs(300), fut)
@@ -514,6 +536,18 @@ fn on_line(line: &[u8], t0: Instant, shot: &mut Shot) {
     if let Some(t) = v.get("timings") {
         let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
         shot.timings = Some((n("prompt_n"), n("cache_n")));
+    } else if shot.timings.is_none() {
+        // Servers without llama.cpp's `timings` (vLLM, OpenAI) report the same in `usage`.
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            let prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+            let cached = u
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if prompt > 0 {
+                shot.usage = Some((prompt.saturating_sub(cached), cached));
+            }
+        }
     }
 }
 
@@ -564,8 +598,12 @@ fn print_table(workload: &str, args: &RoutingArgs, rows: &[Row]) {
             r.failed,
             pct(&t, 0.5),
             pct(&t, 0.99),
-            r.hit_ratio
-                .map_or("-".into(), |h| format!("{:.0} %", h * 100.0)),
+            match (r.hit_ratio, r.server_tokens) {
+                (Some(h), Some((pn, cn))) =>
+                    format!("{:.0} % (cache_n {cn} / prompt_n {pn})", h * 100.0),
+                (Some(h), None) => format!("{:.0} %", h * 100.0),
+                _ => "-".into(),
+            },
             t.len() as f64 / r.wall.as_secs_f64(),
             r.max_active.join(" "),
             r.queued,

@@ -107,6 +107,11 @@ pub struct SwitchboardOpts<'a> {
 }
 
 impl Switchboard {
+    /// The broker's log so far (stderr, `RUST_LOG=warn`): why a backend went unhealthy.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
     /// Spawns the binary and waits for its "listening on" line.
     pub fn start(opts: &SwitchboardOpts<'_>) -> Result<Switchboard, String> {
         let dir = TempDir::new("switchboard")?;
