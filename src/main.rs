@@ -49,7 +49,7 @@ use switchboard_actors::supervisor::{Flush, HealthSupervisor, SupervisorConfig};
 use switchboard_actors::upstream::UpstreamConfig;
 
 use crate::config::Config;
-use crate::state::{AppState, ProxySettings, WorkerClient};
+use crate::state::{AppState, ProxySettings};
 
 /// A deactivated server is probed only every this many intervals (SPEC §3.3).
 const SLOW_PROBE_FACTOR: u32 = 10;
@@ -231,10 +231,9 @@ async fn run(config: Config) -> Result<(), String> {
         // This worker's one upstream client (shared by the gateway and the model streams of the
         // sessions it hosts), built now rather than on the first request: creating the TLS
         // connector parses the CA bundle (~40 ms) and would stall that first turn.
-        let client = switchboard_actors::upstream::thread_client();
+        drop(switchboard_actors::upstream::thread_client());
         App::new()
             .app_data(app_state.clone())
-            .app_data(web::Data::new(WorkerClient(client)))
             .configure(http::configure)
             .default_service(web::to(http::not_found))
             .wrap(actix_web::middleware::from_fn(

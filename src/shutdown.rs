@@ -64,7 +64,7 @@ pub async fn drain(state: &AppState, server: &ServerHandle, drain_timeout: Durat
     state.sessions.start_draining();
     state
         .sessions
-        .close_all_connections(1001, "server shutting down; reconnect");
+        .close_all_connections(switchboard_actors::session::CloseReason::ShuttingDown);
     if let Some(push) = &state.push {
         push.shutdown().await;
     }

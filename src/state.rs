@@ -45,10 +45,6 @@ pub struct AppState {
     pub started: Instant,
 }
 
-/// This worker's upstream client. `awc::Client` is `!Send`, so each HTTP worker builds its own
-/// in the app factory and reuses it (and its keep-alive pool) for every request it serves.
-pub struct WorkerClient(pub awc::Client);
-
 /// How session connections are kept alive and when a silent one is given up (SPEC §4.2, §5).
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {

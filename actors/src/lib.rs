@@ -9,6 +9,7 @@
 //! - [`router`]: routing decisions (capacity, affinity, least-loaded) and per-model queues.
 //! - [`prefix`]: the approximate per-backend prefix index behind prefix affinity.
 //! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
+//! - [`attempt`]: one upstream attempt and the failover between backends (gateway and sessions).
 //! - [`backend`]: one actor per server: its health checks, failure policy and record.
 //! - [`supervisor`]: owns the backend actors; register/update/delete; rebuilds routing.
 //! - [`silence`]: idle/keep-alive timeouts that cost nothing per chunk.
@@ -38,6 +39,7 @@
     clippy::print_stderr
 )]
 
+pub mod attempt;
 pub mod backend;
 pub mod buffer;
 pub mod endpoint;

@@ -15,18 +15,20 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use crate::attempt::{self, Failover, UpstreamFailure, UpstreamRequest};
 use crate::endpoint::Endpoint;
 use crate::events::{EventBody, Usage};
 use crate::history::{estimate_tokens, Message};
 use crate::openai_stream::{ChunkInterpreter, Output};
 use crate::prefix::PromptSig;
 use crate::record::now_ms;
-use crate::router::{thread_key, RouteRequest, RoutingPolicy};
+use crate::router::{thread_key, RoutingPolicy};
 use crate::routing::{RouteError, RoutingTable};
 use crate::silence::SilenceTimer;
 use crate::sse_parser::SseParser;
 use crate::upstream;
 use crate::usage::TokenCounts;
+use awc::http::header;
 
 /// After `[DONE]`, read at most this much more to reach the end of the body (see
 /// [`drain_to_end`]).
@@ -155,7 +157,7 @@ impl Emitter {
 }
 
 /// How one attempt ended.
-enum Attempt {
+enum BodyOutcome {
     /// The stream finished (done event sent) or failed after output (error sent).
     Finished(StopReason),
     /// Failed before any output: try the next backend.
@@ -173,20 +175,30 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
     let thread = spec.thread.as_deref().map(|t| thread_key(&spec.model, t));
     let client = upstream::thread_client();
     let deadline = spec.turn_started + spec.settings.total;
-    let mut last_error = String::new();
-    let mut tried = Vec::new();
-    for _ in 0..=spec.settings.max_retries {
-        let request = RouteRequest {
-            model: &spec.model,
-            thread,
-            prompt: sig.as_ref(),
-            exclude: &tried,
-        };
+    let accept = [(
+        header::ACCEPT,
+        header::HeaderValue::from_static("text/event-stream"),
+    )];
+    let request = UpstreamRequest {
+        endpoint: Endpoint::Chat,
+        request_id: &spec.request_id,
+        body: &body,
+        headers: &accept,
+        first_byte_timeout: Some(spec.settings.first_byte),
+    };
+    let mut failover = Failover::new(
+        &spec.table,
+        &spec.model,
+        thread,
+        sig.as_ref(),
+        spec.settings.max_retries,
+    );
+    loop {
         // Waits in the model's queue when every backend is at its limit; a cancel stops this
         // actor, which drops the wait (and its place in the queue) at once.
-        let routed = match spec.table.route(&request).await {
-            Ok(r) => r,
-            Err(RouteError::NoHealthyBackend) if !tried.is_empty() => break,
+        let routed = match failover.next().await {
+            Ok(Some(routed)) => routed,
+            Ok(None) => break,
             Err(e) => {
                 route_failed(&out, &spec.model, e);
                 return StopReason::UpstreamError;
@@ -196,44 +208,14 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
         // Holds the slot until this attempt ends (success, failure or the actor stopping).
         let guard = routed.guard;
         let backend = Arc::clone(guard.backend());
-        tried.push(backend.id);
-        let uri = match backend.uri(Endpoint::Chat) {
-            Ok(uri) => uri,
-            Err(e) => {
-                last_error = e;
-                continue;
-            }
-        };
-        let build = || {
-            let req = client
-                .post(uri.clone())
-                .timeout(spec.settings.first_byte)
-                .insert_header(("content-type", "application/json"))
-                .insert_header(("accept", "text/event-stream"))
-                .insert_header((upstream::REQUEST_ID_HEADER, &*spec.request_id));
-            match &backend.auth_header {
-                Some(auth) => req.insert_header(("authorization", auth.as_str())),
-                None => req,
-            }
-        };
-        let body = match &backend.upstream_model {
-            Some(id) => Bytes::from(request_body_for(&spec, id).to_string()),
-            None => body.clone(),
-        };
-        let resp = match upstream::send_reconnecting(build, body).await {
-            Ok(r) => r,
-            Err(e) => {
-                last_error = format!("request failed: {e}");
-                backend.report_failure(last_error.clone());
+        let resp = match attempt::send(&client, &backend, &request).await {
+            Ok(resp) => resp,
+            Err(failure) => {
+                failover.failed(&backend, failure);
                 continue;
             }
         };
         let status = resp.status();
-        if status.is_server_error() {
-            last_error = format!("backend answered HTTP {}", status.as_u16());
-            backend.report_failure(last_error.clone());
-            continue;
-        }
         if !status.is_success() {
             out.error(
                 "upstream_rejected",
@@ -250,21 +232,23 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
             route,
         });
         match stream_body(resp, &spec, &out, deadline, &backend.tokens).await {
-            Attempt::Finished(reason) => {
+            BodyOutcome::Finished(reason) => {
                 if reason == StopReason::UpstreamError || reason == StopReason::UpstreamTimeout {
-                    backend.report_failure("stream failed after output".into());
+                    backend.report_failure(UpstreamFailure::AfterOutput.to_string());
                 }
                 return reason;
             }
-            Attempt::Retry(reason) => {
-                backend.report_failure(reason.clone());
-                last_error = reason;
+            BodyOutcome::Retry(reason) => {
+                failover.failed(&backend, UpstreamFailure::BeforeOutput(reason));
             }
         }
     }
     out.error(
         "upstream_failed",
-        format!("every backend attempt failed; last error: {last_error}"),
+        format!(
+            "every backend attempt failed; last error: {}",
+            failover.last_error()
+        ),
         true,
     );
     StopReason::UpstreamError
@@ -307,12 +291,8 @@ fn prompt_sig(messages: &[Message]) -> PromptSig {
 }
 
 /// The upstream request: the model's messages, the turn's parameters, streaming with usage.
+/// (A backend's `upstream_model` is put in by [`attempt::send`].)
 fn request_body(spec: &StreamSpec) -> Value {
-    request_body_for(spec, &spec.model)
-}
-
-/// [`request_body`] naming `model` upstream (a backend's `upstream_model`).
-fn request_body_for(spec: &StreamSpec, model: &str) -> Value {
     let mut body = Map::new();
     for (k, v) in &spec.params {
         if !matches!(
@@ -322,7 +302,7 @@ fn request_body_for(spec: &StreamSpec, model: &str) -> Value {
             body.insert(k.clone(), v.clone());
         }
     }
-    body.insert("model".into(), json!(model));
+    body.insert("model".into(), json!(&*spec.model));
     body.insert("messages".into(), json!(spec.messages));
     body.insert("stream".into(), json!(true));
     body.insert("stream_options".into(), json!({"include_usage": true}));
@@ -335,7 +315,7 @@ async fn stream_body<S>(
     out: &Emitter,
     deadline: Instant,
     tokens: &TokenCounts,
-) -> Attempt
+) -> BodyOutcome
 where
     S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
 {
@@ -426,7 +406,7 @@ where
                         finish_reason: interp.finish_reason.clone(),
                     });
                     drain_to_end(&mut resp).await;
-                    return Attempt::Finished(StopReason::Completed);
+                    return BodyOutcome::Finished(StopReason::Completed);
                 }
                 Output::UpstreamError(message) => {
                     return fail(
@@ -504,12 +484,18 @@ fn emit_output(o: Output, spec: &StreamSpec, out: &Emitter) {
 }
 
 /// Failure before any output is retried on the next backend; after output it ends the model.
-fn fail(out: &Emitter, produced: bool, code: &str, message: String, reason: StopReason) -> Attempt {
+fn fail(
+    out: &Emitter,
+    produced: bool,
+    code: &str,
+    message: String,
+    reason: StopReason,
+) -> BodyOutcome {
     if produced {
         out.error(code, message, true);
-        Attempt::Finished(reason)
+        BodyOutcome::Finished(reason)
     } else {
-        Attempt::Retry(message)
+        BodyOutcome::Retry(message)
     }
 }
 

@@ -36,8 +36,28 @@ pub const MAX_PROMPT_BYTES: usize = 512 * 1024;
 pub trait ConnectionSink: Send {
     /// Queues an event for the client; `false` means the connection is gone (detach it).
     fn deliver(&self, event: Arc<Encoded>) -> bool;
-    /// Ends the connection with a close code (WebSocket) or by ending the stream (SSE).
-    fn close(&self, code: u16, reason: &str);
+    /// Ends the connection: a close frame (WebSocket) or the end of the stream (SSE).
+    fn close(&self, reason: CloseReason);
+}
+
+/// Why the engine ends a client connection. Only the transports know how that is said:
+/// WebSocket close codes are chosen in `src/http/ws.rs` alone; an SSE stream just ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The session ended (`DELETE`, TTL, eviction): the client starts a new one.
+    SessionEnded,
+    /// The server is shutting down: the client reconnects and resumes.
+    ShuttingDown,
+}
+
+impl CloseReason {
+    /// The words sent with the close, for a person reading a log or a devtools pane.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::SessionEnded => "session ended",
+            Self::ShuttingDown => "server shutting down; reconnect",
+        }
+    }
 }
 
 /// Session settings, from configuration.
@@ -372,7 +392,7 @@ impl Actor for Session {
             }
         }
         for sink in self.connections.values() {
-            sink.close(4001, "session ended");
+            sink.close(CloseReason::SessionEnded);
         }
         self.connections.clear();
         self.directory.remove(&self.id);
@@ -610,7 +630,7 @@ impl Handler<End> for Session {
         self.end_reason = Some(reason);
         if reason == StopReason::Shutdown {
             for sink in self.connections.values() {
-                sink.close(1001, "server shutting down");
+                sink.close(CloseReason::ShuttingDown);
             }
             self.connections.clear();
         }
@@ -619,20 +639,17 @@ impl Handler<End> for Session {
     }
 }
 
-/// Close every connection of the session (shutdown: `1001`) while its turn may go on.
+/// Close every connection of the session (shutdown) while its turn may go on.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CloseConnections {
-    pub code: u16,
-    pub reason: &'static str,
-}
+pub struct CloseConnections(pub CloseReason);
 
 impl Handler<CloseConnections> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: CloseConnections, ctx: &mut Self::Context) {
+    fn handle(&mut self, CloseConnections(reason): CloseConnections, ctx: &mut Self::Context) {
         for sink in self.connections.values() {
-            sink.close(msg.code, msg.reason);
+            sink.close(reason);
         }
         self.connections.clear();
         self.touch();

@@ -14,7 +14,7 @@ use crate::metrics::{Histogram, LATENCY_BUCKETS_US};
 use crate::model_stream::StopReason;
 use crate::record::now_ms;
 use crate::routing::RoutingTable;
-use crate::session::{CloseConnections, End, Session, SessionSettings};
+use crate::session::{CloseConnections, CloseReason, End, Session, SessionSettings};
 use crate::session_store::SessionStore;
 
 /// Why a session could not be created or joined.
@@ -296,11 +296,11 @@ impl Sessions {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Closes every session connection with `code` (shutdown: `1001`); turns go on.
-    pub fn close_all_connections(&self, code: u16, reason: &'static str) {
+    /// Closes every session connection for `reason` (shutdown); turns go on.
+    pub fn close_all_connections(&self, reason: CloseReason) {
         let all: Vec<Addr<Session>> = self.map.read().values().map(|e| e.addr.clone()).collect();
         for addr in all {
-            addr.do_send(CloseConnections { code, reason });
+            addr.do_send(CloseConnections(reason));
         }
     }
 

@@ -199,36 +199,6 @@ pub async fn probe(
     }
 }
 
-/// How many times a request is sent again after its connection closed before the response head.
-const RECONNECTS: usize = 2;
-
-/// Sends the request `build` makes, again on another connection (at most [`RECONNECTS`] times)
-/// when the connection closed before the response head arrived (awc's
-/// `ConnectError::Disconnected`): a pooled keep-alive connection the server had dropped, which
-/// llama.cpp's server does when its few HTTP threads are busy. That says nothing about the
-/// backend's health, so it is neither a failure nor a failover; any other error is returned.
-/// Found against three real llama-servers, where it cascaded into every backend "unhealthy".
-pub async fn send_reconnecting<F>(
-    build: F,
-    body: bytes::Bytes,
-) -> Result<awc::ClientResponse, awc::error::SendRequestError>
-where
-    F: Fn() -> awc::ClientRequest,
-{
-    let mut attempt = 0;
-    loop {
-        match build().send_body(body.clone()).await {
-            Err(awc::error::SendRequestError::Connect(awc::error::ConnectError::Disconnected))
-                if attempt < RECONNECTS =>
-            {
-                attempt += 1;
-                log::debug!("upstream connection closed before the response head; sending again ({attempt})");
-            }
-            other => return other,
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use switchboard_actors::attempt::{self, Failover, UpstreamFailure, UpstreamRequest};
 use switchboard_actors::events::Usage;
 use switchboard_actors::prefix::PromptSig;
-use switchboard_actors::router::{thread_key, RouteKind, RouteRequest, RoutingPolicy};
+use switchboard_actors::router::{thread_key, RouteKind, RoutingPolicy};
 use switchboard_actors::routing::{BackendHandle, InFlightGuard, RouteError};
 use switchboard_actors::upstream::{self, REQUEST_ID_HEADER};
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ use crate::auth;
 use crate::errors::{route_error, ApiError};
 use crate::http::relay::{RelayBody, RelayTimers, RequestSide, UpstreamBody, UpstreamSide};
 use crate::http::request::{check_rate, read_body};
-use crate::state::{AppState, WorkerClient};
+use crate::state::AppState;
 
 /// Response header naming the backend that served a proxied request.
 pub const BACKEND_HEADER: &str = "x-switchboard-backend";
@@ -45,10 +46,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// A POST route proxying to `endpoint`.
 fn proxied(endpoint: Endpoint) -> actix_web::Route {
     web::post().to(
-        move |req: HttpRequest,
-              body: web::Payload,
-              state: web::Data<AppState>,
-              client: web::Data<WorkerClient>| proxy(req, body, state, client, endpoint),
+        move |req: HttpRequest, body: web::Payload, state: web::Data<AppState>| {
+            proxy(req, body, state, endpoint)
+        },
     )
 }
 
@@ -208,7 +208,6 @@ async fn proxy(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<WorkerClient>,
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
@@ -228,7 +227,7 @@ async fn proxy(
                 &req,
                 payload,
                 &state,
-                &client.0,
+                &upstream::thread_client(),
                 endpoint,
                 arrived,
                 &mut outcome,
@@ -277,20 +276,30 @@ async fn proxy_attempts(
     outcome.model = crate::metrics::UNKNOWN_MODEL.into();
     let request_id = outcome.request_id.clone();
 
-    let mut last_error = String::new();
-    let mut tried = Vec::new();
-    for attempt in 0..=state.proxy.max_retries {
-        let request = RouteRequest {
-            model: &model,
-            thread: hints.thread,
-            prompt: hints.prompt.as_ref(),
-            exclude: &tried,
-        };
+    let passed_through: Vec<_> = [header::ACCEPT, header::ACCEPT_ENCODING]
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), req.headers().get(&name)?.clone())))
+        .collect();
+    let upstream = UpstreamRequest {
+        endpoint,
+        request_id: &request_id,
+        body: &body,
+        headers: &passed_through,
+        first_byte_timeout: None, // the client's, from configuration
+    };
+    let mut failover = Failover::new(
+        &state.table,
+        &model,
+        hints.thread,
+        hints.prompt.as_ref(),
+        state.proxy.max_retries,
+    );
+    loop {
         // May wait in the model's queue (SPEC §2.1); a client that disconnects meanwhile drops
         // this future and with it its place in the queue. Nothing goes upstream before a slot.
-        let routed = match state.table.route(&request).await {
-            Ok(routed) => routed,
-            Err(RouteError::NoHealthyBackend) if !tried.is_empty() => break,
+        let routed = match failover.next().await {
+            Ok(Some(routed)) => routed,
+            Ok(None) => break,
             Err(e) => {
                 if e != RouteError::UnknownModel {
                     outcome.model.clone_from(&model);
@@ -298,13 +307,11 @@ async fn proxy_attempts(
                 return Err(route_error(e, &model));
             }
         };
-        if tried.is_empty() {
-            outcome.model.clone_from(&model);
-        }
+        outcome.model.clone_from(&model);
+        let attempt = failover.attempt();
         let (guard, kind) = (routed.guard, routed.kind);
         let backend = Arc::clone(guard.backend());
-        tried.push(backend.id);
-        match try_backend(client, &backend, req, &body, endpoint, &request_id, state).await {
+        match try_backend(client, &backend, &upstream, state).await {
             Ok(committed) if committed.status.is_redirection() => {
                 // A redirect is never relayed: its Location would reveal the backend's
                 // address, and following it would bypass the URL policy (SPEC §8).
@@ -324,10 +331,9 @@ async fn proxy_attempts(
                 backend.report_success();
                 let commit_ms = arrived.elapsed().as_millis() as u64;
                 log::info!(
-                    "request_id={request_id} model={model} backend={} status={} attempt={} commit_ms={commit_ms}",
+                    "request_id={request_id} model={model} backend={} status={} attempt={attempt} commit_ms={commit_ms}",
                     backend.id,
                     committed.status.as_u16(),
-                    attempt + 1,
                 );
                 state
                     .metrics
@@ -340,19 +346,18 @@ async fn proxy_attempts(
                 };
                 return Ok(respond(committed, guard, kind, sent, state));
             }
-            Err(reason) => {
+            Err(failure) => {
                 log::warn!(
-                    "request_id={request_id} model={model} backend={} attempt={} failed: {reason}",
+                    "request_id={request_id} model={model} backend={} attempt={attempt} failed: {failure}",
                     backend.id,
-                    attempt + 1
                 );
-                backend.report_failure(reason.clone());
-                last_error = reason;
+                failover.failed(&backend, failure);
             }
         }
     }
     Err(ApiError::upstream_failed(format!(
-        "every backend attempt for model `{model}` failed; last error: {last_error}"
+        "every backend attempt for model `{model}` failed; last error: {}",
+        failover.last_error()
     )))
 }
 
@@ -383,49 +388,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// One attempt: send, check the status, wait for the first chunk. `Err` means "try the next
-/// backend" and carries the reason recorded against this one.
+/// One attempt: send, then wait for the first chunk. `Err` means "try the next backend" and
+/// says why this one failed.
 async fn try_backend(
     client: &awc::Client,
     backend: &BackendHandle,
-    req: &HttpRequest,
-    body: &Bytes,
-    endpoint: Endpoint,
-    request_id: &str,
+    upstream: &UpstreamRequest<'_>,
     state: &AppState,
-) -> Result<Committed, String> {
-    let uri = backend.uri(endpoint)?;
-    let build = || {
-        let mut upstream = client
-            .post(uri.clone())
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .insert_header((REQUEST_ID_HEADER, request_id));
-        for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
-            if let Some(v) = req.headers().get(&name) {
-                upstream = upstream.insert_header((name, v.clone()));
-            }
-        }
-        if let Some(auth) = &backend.auth_header {
-            upstream = upstream.insert_header((header::AUTHORIZATION, auth.as_str()));
-        }
-        upstream
-    };
-    let body = match &backend.upstream_model {
-        Some(id) => with_model(body, id)?,
-        None => body.clone(), // zero-copy: the client's bytes as they came
-    };
-    let resp = upstream::send_reconnecting(build, body)
-        .await
-        .map_err(|e| match e {
-            awc::error::SendRequestError::Timeout => {
-                "timed out waiting for response headers".to_string()
-            }
-            e => format!("request failed: {e}"),
-        })?;
+) -> Result<Committed, UpstreamFailure> {
+    let resp = attempt::send(client, backend, upstream).await?;
     let status = resp.status();
-    if status.is_server_error() {
-        return Err(format!("backend answered HTTP {}", status.as_u16()));
-    }
     let upstream_headers = resp.headers();
     let content_length = upstream_headers
         .get(header::CONTENT_LENGTH)
@@ -443,7 +415,11 @@ async fn try_backend(
     let mut rest: UpstreamBody = Box::pin(resp);
     let first = match tokio::time::timeout(state.proxy.commit_timeout, rest.next()).await {
         Ok(Some(Ok(chunk))) => Some(chunk),
-        Ok(Some(Err(e))) => return Err(format!("stream failed before the first byte: {e}")),
+        Ok(Some(Err(e))) => {
+            return Err(UpstreamFailure::BeforeOutput(format!(
+                "stream failed before the first byte: {e}"
+            )))
+        }
         // The body ended before its first byte. A success answer is only whole when it said
         // it would be empty; an SSE stream, a declared length or a chunked body cut off by a
         // closed socket (awc reports that as a clean end) died before commit: next backend.
@@ -452,7 +428,9 @@ async fn try_backend(
                 && content_length != Some(0)
                 && !matches!(status, StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT) =>
         {
-            return Err("body ended before the first byte".into())
+            return Err(UpstreamFailure::BeforeOutput(
+                "body ended before the first byte".into(),
+            ))
         }
         Ok(None) => None,
         Err(_) => None, // commit anyway; the relay keeps waiting up to the idle timeout
@@ -465,17 +443,6 @@ async fn try_backend(
         content_length,
         is_sse,
     })
-}
-
-/// The request body with `model` replaced (a backend's `upstream_model`); every other field
-/// is kept as the client sent it.
-fn with_model(body: &Bytes, model: &str) -> Result<Bytes, String> {
-    let mut value: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(body).map_err(|e| format!("cannot rewrite model: {e}"))?;
-    value.insert("model".into(), serde_json::Value::String(model.to_string()));
-    serde_json::to_vec(&value)
-        .map(Bytes::from)
-        .map_err(|e| format!("cannot rewrite model: {e}"))
 }
 
 /// What [`respond`] needs to know about the request it answers.

@@ -18,7 +18,9 @@ use serde_json::json;
 use switchboard_actors::events::{CancelFields, Command, Encoded, EventBody, SendTurn};
 use switchboard_actors::model_stream::StopReason;
 use switchboard_actors::routing::RoutingTable;
-use switchboard_actors::session::{Attach, ConnectionSink, Detach, End, GetState, Session};
+use switchboard_actors::session::{
+    Attach, CloseReason, ConnectionSink, Detach, End, GetState, Session,
+};
 use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, Interval};
@@ -272,7 +274,7 @@ impl ConnectionSink for SseSink {
         self.tx.send(event).is_ok()
     }
 
-    fn close(&self, _code: u16, _reason: &str) {
+    fn close(&self, _reason: CloseReason) {
         self.shared.closed.store(true, Ordering::Release);
         // Dropping nothing here: the body sees `closed` (or the channel closing) and ends.
     }

@@ -30,7 +30,9 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, Websocke
 use switchboard_actors::events::{
     parse_client_message, ByteString, ClientMessage, Encoded, EventBody,
 };
-use switchboard_actors::session::{Attach, ConnectionSink, Detach, Session};
+use switchboard_actors::session::{
+    Attach, CloseReason as EngineClose, ConnectionSink, Detach, Session,
+};
 use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
 
 use crate::errors::ApiError;
@@ -55,6 +57,15 @@ pub mod close {
     pub const UNAUTHORIZED: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const GOING_AWAY: u16 = 1001;
+
+    /// The code for an end the engine decided (SPEC §4.3).
+    pub fn code(reason: super::EngineClose) -> u16 {
+        match reason {
+            super::EngineClose::SessionEnded => UNKNOWN_SESSION,
+            super::EngineClose::ShuttingDown => GOING_AWAY,
+        }
+    }
 }
 
 /// Routes of the WebSocket transport.
@@ -492,7 +503,10 @@ impl ConnectionSink for WsSink {
         }
     }
 
-    fn close(&self, code: u16, reason: &str) {
-        self.addr.do_send(CloseConnection(code, reason.to_string()));
+    fn close(&self, reason: EngineClose) {
+        self.addr.do_send(CloseConnection(
+            close::code(reason),
+            reason.message().into(),
+        ));
     }
 }

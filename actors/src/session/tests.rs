@@ -18,7 +18,7 @@ impl ConnectionSink for Sink {
         self.0.lock().push(event);
         true
     }
-    fn close(&self, _: u16, _: &str) {}
+    fn close(&self, _: CloseReason) {}
 }
 
 impl Sink {
