@@ -108,6 +108,9 @@ pub struct Config {
     /// Seconds between `event: heartbeat` on SSE session streams.
     #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT_S", default_value_t = 10.0)]
     pub sse_heartbeat_s: f64,
+    /// Seconds of silence after which a push stream gets a `: heartbeat` comment.
+    #[arg(long, env = "SWITCHBOARD_PUSH_HEARTBEAT_S", default_value_t = 15.0)]
+    pub push_heartbeat_s: f64,
     /// Retries on other backends before the response is committed.
     #[arg(long, env = "SWITCHBOARD_MAX_RETRIES", default_value_t = 2)]
     pub max_retries: usize,
@@ -242,6 +245,7 @@ impl Config {
                 self.ws_silence_timeout_s,
             ),
             ("SWITCHBOARD_SSE_HEARTBEAT_S", self.sse_heartbeat_s),
+            ("SWITCHBOARD_PUSH_HEARTBEAT_S", self.push_heartbeat_s),
             ("SWITCHBOARD_REQUEST_TIMEOUT_S", self.request_timeout_s),
             (
                 "SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_S",

@@ -195,6 +195,7 @@ async fn run(config: Config) -> Result<(), String> {
             ws_heartbeat: Config::secs(config.ws_heartbeat_s),
             ws_silence_timeout: Config::secs(config.ws_silence_timeout_s),
             sse_heartbeat: Config::secs(config.sse_heartbeat_s),
+            push_heartbeat: Config::secs(config.push_heartbeat_s),
         },
         sessions: Arc::clone(&sessions),
         ui_credentials: auth::UiCredentials {

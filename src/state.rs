@@ -54,6 +54,8 @@ pub struct Liveness {
     pub ws_silence_timeout: std::time::Duration,
     /// SSE `event: heartbeat` interval.
     pub sse_heartbeat: std::time::Duration,
+    /// `: heartbeat` comment interval on idle push streams (SPEC §6).
+    pub push_heartbeat: std::time::Duration,
 }
 
 /// Proxy timing and limits, from configuration.

@@ -24,6 +24,8 @@
 //! - [`session`]: one actor per conversation: turn, numbering, fan-out, grace, TTL.
 //! - [`sessions`]: the session directory, LRU eviction, per-IP connection slots.
 //! - [`usage`]: `switchboard_tokens_total`: usage found in relayed bytes, or estimated.
+//! - [`outbound`]: the one byte-budgeted, batching outbound queue every streaming client's
+//!   response body drains (WebSocket, SSE sessions, push), with the slow-consumer limit.
 //! - [`push`]: the push gateway's token registry, ordered delivery and connect/disconnect callbacks.
 //! - [`session_store`]: sessions' stored copies in sled, so threads survive a restart.
 //! - [`endpoint`]: the OpenAI routes and the one rule that turns `endpoint_url` into their URLs.
@@ -49,6 +51,7 @@ pub mod json;
 pub mod metrics;
 pub mod model_stream;
 pub mod openai_stream;
+pub mod outbound;
 pub mod prefix;
 pub mod push;
 pub mod record;

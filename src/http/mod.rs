@@ -7,13 +7,13 @@ pub mod gate;
 pub mod guard;
 pub mod openai;
 pub mod ops;
-pub mod outbox;
 pub mod push;
 pub mod relay;
 pub mod request;
 pub mod sse;
 pub mod ui;
 pub mod ws;
+pub mod ws_body;
 pub mod ws_guard;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -27,11 +26,6 @@ use crate::auth::{self, bearer, Denied, Reason, Surface, UiCredentials};
 use crate::errors::ApiError;
 use crate::http::request::read_body;
 use crate::state::AppState;
-
-/// `: heartbeat` comment cadence on idle push streams (keeps proxies from timing them out).
-const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Events batched into one write at most (bytes), so one busy client cannot hog a worker.
-const BATCH_LIMIT: usize = 64 * 1024;
 
 /// Routes of the push gateway (registered always; they answer 404 while it is off).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -105,7 +99,11 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
                 first: accepted.event,
                 close_after_first: accepted.close,
                 finished: false,
-                heartbeat: interval_at(Instant::now() + HEARTBEAT, HEARTBEAT),
+                // `: heartbeat` comments keep proxies from timing idle streams out.
+                heartbeat: interval_at(
+                    Instant::now() + state.liveness.push_heartbeat,
+                    state.liveness.push_heartbeat,
+                ),
                 _slot: slot,
                 ip,
             };
@@ -207,7 +205,7 @@ async fn send(
 }
 
 /// The `text/event-stream` body of one push client: the connect answer's event first, then the
-/// token's queue in order. Dropping it (client gone, stream ended, server stopping) reports the
+/// token's queue in order, batched (`switchboard_actors::outbound`). Dropping it (client gone, stream ended, server stopping) reports the
 /// disconnect through the `PushConnection` guard and frees the connection slot.
 struct PushBody {
     conn: PushConnection,
@@ -234,29 +232,32 @@ impl Stream for PushBody {
         if this.finished {
             return Poll::Ready(None);
         }
-        let mut batch = Vec::new();
-        if let Some(first) = this.first.take() {
-            batch.extend_from_slice(&first);
-        }
+        let first = this.first.take();
         if this.close_after_first {
             this.finish_by_server();
         }
-        while !this.finished && batch.len() < BATCH_LIMIT {
-            match this.conn.poll_frame(cx) {
-                Poll::Ready(Some(frame)) => {
-                    batch.extend_from_slice(&frame.bytes);
-                    if frame.close {
+        let mut queued = None;
+        if !this.finished {
+            match this.conn.poll_batch(cx) {
+                Poll::Ready(Some(batch)) => {
+                    if batch.last {
+                        // A `close: true` frame: nothing follows it.
                         this.finish_by_server();
                     }
+                    queued = Some(batch.bytes);
                 }
                 // The hub dropped the connection (shutdown, slow consumer): it has reported it.
                 Poll::Ready(None) => this.finished = true,
-                Poll::Pending => break,
+                Poll::Pending => {}
             }
         }
+        let batch = match (first, queued) {
+            (Some(first), Some(queued)) => [first, queued].concat().into(),
+            (first, queued) => first.or(queued).unwrap_or_default(),
+        };
         if !batch.is_empty() {
             this.heartbeat.reset();
-            return Poll::Ready(Some(Ok(Bytes::from(batch))));
+            return Poll::Ready(Some(Ok(batch)));
         }
         if this.finished {
             return Poll::Ready(None);

@@ -4,34 +4,29 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::events::{CancelFields, Command, Encoded, EventBody, SendTurn};
 use switchboard_actors::model_stream::StopReason;
+use switchboard_actors::outbound::{Admit, Framing, Outbound, Pushed};
 use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::session::{
     Attach, CloseReason, ConnectionSink, Detach, End, GetState, Session,
 };
 use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
-use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, Interval};
 
 use crate::errors::ApiError;
 use crate::http::request::read_body;
 use crate::state::AppState;
-
-/// Queued bytes past which an SSE client is a slow consumer: its stream ends (it reconnects
-/// with `Last-Event-ID` and resumes).
-const SSE_QUEUE_LIMIT: usize = 1024 * 1024;
 
 /// Routes of the session REST + SSE API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -212,16 +207,13 @@ async fn events(
     let last_event_id = from_header.or(from_query);
 
     let conn_id = state.sessions.next_connection_id();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        queued: AtomicUsize::new(0),
-        closed: AtomicBool::new(false),
-    });
+    // Past `SWITCHBOARD_OUTBOUND_LIMIT_BYTES` queued, the client is a slow consumer: its
+    // stream ends (it reconnects with `Last-Event-ID` and resumes).
+    let queue = Arc::new(SseQueue::new(state.outbound_limit, Admit::WithinLimit));
     addr.do_send(Attach {
         conn_id,
         sink: Box::new(SseSink {
-            tx,
-            shared: Arc::clone(&shared),
+            queue: Arc::clone(&queue),
         }),
         last_event_id,
         resumed: last_event_id.is_some(),
@@ -232,8 +224,7 @@ async fn events(
         path.as_str()
     );
     let body = SseBody {
-        rx,
-        shared,
+        queue,
         heartbeat: interval_at(
             Instant::now() + state.liveness.sse_heartbeat,
             state.liveness.sse_heartbeat,
@@ -249,42 +240,63 @@ async fn events(
         .streaming(body))
 }
 
-struct Shared {
-    queued: AtomicUsize,
-    closed: AtomicBool,
+/// Session events as SSE frames (`id:`, `event:`, `data:`); an event costs
+/// [`Encoded::cost`].
+struct SseEvents;
+
+impl Framing for SseEvents {
+    type Item = Arc<Encoded>;
+
+    fn cost(event: &Arc<Encoded>) -> usize {
+        event.cost()
+    }
+
+    fn encode(event: &Arc<Encoded>, out: &mut BytesMut) {
+        out.extend_from_slice(event.sse_frame().as_bytes());
+    }
 }
 
-/// How a session reaches an SSE client: an unbounded channel with a byte budget.
+/// One SSE client's outbound queue, shared by its sink and its body.
+type SseQueue = Outbound<SseEvents>;
+
+/// How a session reaches an SSE client: its outbound queue, with a byte budget.
 struct SseSink {
-    tx: mpsc::UnboundedSender<Arc<Encoded>>,
-    shared: Arc<Shared>,
+    queue: Arc<SseQueue>,
 }
 
 impl ConnectionSink for SseSink {
     fn deliver(&self, event: Arc<Encoded>) -> bool {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return false;
+        match self.queue.push(event) {
+            Pushed::Queued => true,
+            Pushed::Refused => false,
+            Pushed::OverLimit => {
+                // The queue accepts nothing more: the body writes what it holds and ends.
+                log::info!(
+                    "SSE client too slow ({} bytes queued); ending its stream",
+                    self.queue.queued()
+                );
+                false
+            }
         }
-        let queued = self.shared.queued.fetch_add(event.cost(), Ordering::AcqRel) + event.cost();
-        if queued > SSE_QUEUE_LIMIT {
-            log::info!("SSE client too slow ({queued} bytes queued); ending its stream");
-            self.shared.closed.store(true, Ordering::Release);
-            return false;
-        }
-        self.tx.send(event).is_ok()
     }
 
     fn close(&self, _reason: CloseReason) {
-        self.shared.closed.store(true, Ordering::Release);
-        // Dropping nothing here: the body sees `closed` (or the channel closing) and ends.
+        // The body writes what is queued, then ends.
+        self.queue.finish();
+    }
+}
+
+impl Drop for SseSink {
+    fn drop(&mut self) {
+        // The session let go of this client: the body writes what is queued, then ends.
+        self.queue.finish();
     }
 }
 
 /// The `text/event-stream` body of one SSE client. Dropped when the client goes away, which
 /// detaches it from its session and frees its connection slot.
 struct SseBody {
-    rx: mpsc::UnboundedReceiver<Arc<Encoded>>,
-    shared: Arc<Shared>,
+    queue: Arc<SseQueue>,
     heartbeat: Interval,
     detach: Option<(Addr<Session>, u64)>,
     _slot: ConnectionSlot,
@@ -296,32 +308,15 @@ impl Stream for SseBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        // Batch whatever is queued into one write.
-        let mut batch = String::new();
-        loop {
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(event)) => {
-                    this.shared.queued.fetch_sub(event.cost(), Ordering::AcqRel);
-                    batch.push_str(&event.sse_frame());
-                    if batch.len() > 64 * 1024 {
-                        break;
-                    }
-                }
-                Poll::Ready(None) => {
-                    if batch.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    break;
-                }
-                Poll::Pending => break,
+        // Whatever is queued, batched into one write; the end once the queue is finished
+        // (closed by the session, over its limit) and drained.
+        match this.queue.poll_batch(cx) {
+            Poll::Ready(Some(batch)) => {
+                this.heartbeat.reset();
+                return Poll::Ready(Some(Ok(batch.bytes)));
             }
-        }
-        if !batch.is_empty() {
-            this.heartbeat.reset();
-            return Poll::Ready(Some(Ok(Bytes::from(batch))));
-        }
-        if this.shared.closed.load(Ordering::Acquire) {
-            return Poll::Ready(None);
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
         }
         if this.heartbeat.poll_tick(cx).is_ready() {
             let hb = Encoded::new(None, &EventBody::Heartbeat {});
@@ -333,6 +328,8 @@ impl Stream for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
+        // The client is gone: the session's next delivery detaches it.
+        drop(self.queue.close());
         if let Some((addr, conn_id)) = self.detach.take() {
             log::info!("connection_id={conn_id} ip={} SSE stream closed", self.ip);
             addr.do_send(Detach { conn_id });

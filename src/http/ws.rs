@@ -5,17 +5,18 @@
 //! `actix-ws`), so a later switch stays local.
 //!
 //! Session events skip the actor: the session-side sink puts them in the connection's
-//! [`Outbox`] and wakes the response body, whose wrapper ([`Metered`]) writes them as text
-//! frames (see `outbox.rs`). That is one task hop and one mailbox message less per token than
-//! routing events through the actor. The actor handles what the client sends, pings,
-//! heartbeats and closes; every close (by the session, the client or a limit) first moves the
-//! events still in the outbox into the actor's own buffer and shuts the outbox, so the close
-//! frame is the last frame (RFC 6455 §5.5.1).
+//! outbound queue ([`WsQueue`], the shared `switchboard_actors::outbound` queue) and wakes the
+//! response body, whose wrapper ([`Metered`]) writes them as text frames (see `ws_body.rs`).
+//! That is one task hop and one mailbox message less per token than routing events through the
+//! actor. The actor handles what the client sends, pings, heartbeats and closes; every close
+//! (by the session, the client or a limit) first moves the events still in the queue into the
+//! actor's own buffer and shuts the queue, so the close frame is the last frame (RFC 6455
+//! §5.5.1).
 //!
 //! Flow control: the actor lives inside the response body, so while a slow client's socket is
-//! full the dispatcher stops polling it and the actor cannot run. The queue is therefore
-//! measured in the outbox: past the outbound limit (1 MiB) the sink refuses further events
-//! (the session detaches the connection, so memory stays bounded) and the connection is
+//! full the dispatcher stops polling it and the actor cannot run. The bytes waiting are
+//! therefore counted in the queue: past the outbound limit (1 MiB) the sink refuses further
+//! events (the session detaches the connection, so memory stays bounded) and the connection is
 //! closed with 4009 as soon as it can write again: the client reconnects and resumes from its
 //! last id. Queued events are not merged: a resume from the session's buffer is the recovery
 //! path.
@@ -30,6 +31,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, Websocke
 use switchboard_actors::events::{
     parse_client_message, ByteString, ClientMessage, Encoded, EventBody,
 };
+use switchboard_actors::outbound::{Admit, Pushed};
 use switchboard_actors::session::{
     Attach, CloseReason as EngineClose, ConnectionSink, Detach, Session,
 };
@@ -37,8 +39,8 @@ use switchboard_actors::sessions::{ConnectionSlot, Sessions, SessionsError};
 
 use crate::errors::ApiError;
 use crate::http::conn::CloseOnEnd;
-use crate::http::outbox::{Metered, Outbox, Pushed};
 use crate::http::sse::models_available;
+use crate::http::ws_body::{frame_len, Metered, WsQueue};
 use crate::http::ws_guard::{FrameGuard, Refusal, Verdict};
 use crate::state::AppState;
 
@@ -97,7 +99,7 @@ async fn upgrade(
     } else {
         None
     };
-    let outbox = Arc::new(Outbox::new(state.outbound_limit));
+    let queue = Arc::new(WsQueue::new(state.outbound_limit, Admit::UntilOver));
     // Frame headers are judged before the codec buffers a payload (ws_guard.rs).
     let (payload, refusal) = FrameGuard::new(payload, MAX_FRAME);
     let actor = WsConnection {
@@ -110,7 +112,7 @@ async fn upgrade(
         session: None,
         session_id: None,
         last_heard: Instant::now(),
-        outbox: Arc::clone(&outbox),
+        queue: Arc::clone(&queue),
         refusal,
         fragments: None,
     };
@@ -120,7 +122,7 @@ async fn upgrade(
     let body = WebsocketContext::with_codec(actor, payload, codec);
     // After the close frame the connection ends at once (RFC 6455 §7.1.1), not after
     // actix-http's linger.
-    let body = CloseOnEnd::new(Metered::new(body, outbox), crate::http::conn::of(&req));
+    let body = CloseOnEnd::new(Metered::new(body, queue), crate::http::conn::of(&req));
     Ok(resp.streaming(body))
 }
 
@@ -139,8 +141,9 @@ pub struct WsConnection {
     /// The session this connection said hello to, kept for log lines after it detached.
     session_id: Option<String>,
     last_heard: Instant,
-    /// This connection's outbox and queue accounting, shared with its sink and body wrapper.
-    outbox: Arc<Outbox>,
+    /// This connection's outbound queue and its byte count, shared with its sink and body
+    /// wrapper.
+    queue: Arc<WsQueue>,
     /// Set by the frame guard when it stopped reading the client (close 1009 / 1002).
     refusal: Verdict,
     /// A fragmented message being reassembled (RFC 6455 §5.4): whether it is text, and its
@@ -188,10 +191,10 @@ impl WsConnection {
         );
     }
 
-    /// Sends the close frame last: events still in the outbox go into the actor's buffer
-    /// before it, and the outbox is shut so nothing follows it (RFC 6455 §5.5.1).
+    /// Sends the close frame last: events still in the queue go into the actor's buffer
+    /// before it, and the queue is shut so nothing follows it (RFC 6455 §5.5.1).
     fn close_frame(&mut self, ctx: &mut WebsocketContext<Self>, reason: Option<CloseReason>) {
-        for event in self.outbox.close() {
+        for event in self.queue.close() {
             self.send_now(ctx, &event.json);
         }
         ctx.close(reason);
@@ -205,7 +208,7 @@ impl WsConnection {
     /// An event outside the session sequence (pong, invalid message, busy, heartbeat).
     fn reply(&mut self, ctx: &mut WebsocketContext<Self>, body: &EventBody) {
         let event = Encoded::new(None, body);
-        self.outbox.count(event.json.len());
+        self.queue.count(frame_len(event.json.len()));
         self.send_now(ctx, &event.json);
     }
 
@@ -367,7 +370,7 @@ impl WsConnection {
             conn_id: self.conn_id,
             sink: Box::new(WsSink {
                 addr: ctx.address(),
-                outbox: Arc::clone(&self.outbox),
+                queue: Arc::clone(&self.queue),
             }),
             last_event_id: if resumed { last_event_id } else { None },
             resumed,
@@ -478,11 +481,11 @@ impl Handler<CloseConnection> for WsConnection {
     }
 }
 
-/// How the session reaches a WebSocket connection: its outbox (events) and the actor's
+/// How the session reaches a WebSocket connection: its queue (events) and the actor's
 /// address (closes); both work even while the actor cannot run.
 struct WsSink {
     addr: Addr<WsConnection>,
-    outbox: Arc<Outbox>,
+    queue: Arc<WsQueue>,
 }
 
 impl ConnectionSink for WsSink {
@@ -490,7 +493,7 @@ impl ConnectionSink for WsSink {
         if !self.addr.connected() {
             return false;
         }
-        match self.outbox.push(event) {
+        match self.queue.push(event) {
             Pushed::Queued => true,
             Pushed::Refused => false,
             Pushed::OverLimit => {

@@ -1,18 +1,22 @@
 //! [`PushConnection`]: one client's side of the hub, owned by the transport's response body;
 //! runs the connect callback and reports the disconnect when dropped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::callbacks::{CallbackError, Job};
 use super::hub::bump;
-use super::{encode_event, Accepted, ConnectError, DisconnectReason, Frame, PushEvent, PushHub};
+#[cfg(test)]
+use super::Frame;
+use super::{
+    encode_event, Accepted, ConnectError, DisconnectReason, PushEvent, PushHub, PushQueue,
+};
+use crate::outbound::Batch;
 
 /// One client's side of the hub, owned by its response body. Dropping it reports the
 /// disconnect (reason [`DisconnectReason::ClientClosed`] unless set otherwise) and forgets the
@@ -21,8 +25,8 @@ pub struct PushConnection {
     pub(super) hub: Arc<PushHub>,
     pub(super) token: String,
     pub(super) request: Arc<Value>,
-    pub(super) rx: mpsc::UnboundedReceiver<Frame>,
-    pub(super) queued: Arc<AtomicUsize>,
+    /// The token's queue, shared with the hub's entry.
+    pub(super) queue: Arc<PushQueue>,
     pub(super) reason: DisconnectReason,
 }
 
@@ -78,14 +82,17 @@ impl PushConnection {
         Ok(parse_connect_answer(&self.token, &reply.body))
     }
 
-    /// Polls for the next queued frame; `None` once the hub dropped the connection (shutdown,
+    /// Polls for the queued frames, batched into one write; `last` once a `close: true` frame
+    /// was taken (nothing follows it). `None` once the hub dropped the connection (shutdown,
     /// slow consumer) and everything queued was taken.
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(frame)) = &polled {
-            self.queued.fetch_sub(frame.bytes.len(), Ordering::AcqRel);
-        }
-        polled
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+        self.queue.poll_batch(cx)
+    }
+
+    /// The next queued frame on its own (the unit tests check order frame by frame).
+    #[cfg(test)]
+    pub(super) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        self.queue.poll_item(cx)
     }
 
     /// The stream ended because the application asked (`close: true`).
@@ -96,6 +103,8 @@ impl PushConnection {
 
 impl Drop for PushConnection {
     fn drop(&mut self) {
+        // Nothing is written any more: sends from now on are refused (unknown token).
+        self.queue.close();
         self.hub.finish(&self.token, self.reason);
     }
 }

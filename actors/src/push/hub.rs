@@ -1,9 +1,9 @@
 //! [`PushHub`]: the process-wide token → connection registry. Sends queue on a connection's
-//! channel under a byte budget; every way a connection ends goes through `report`, which sends
-//! the disconnect callback exactly once.
+//! outbound queue under a byte budget; every way a connection ends goes through `report`,
+//! which sends the disconnect callback exactly once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,10 @@ use super::callbacks::{
     callback_target, dispatcher, percent_encode, strip_query, CallbackResult, Dispatch, Job,
 };
 use super::{
-    DisconnectCounts, DisconnectReason, Frame, OpenError, PushConnection, PushSettings, PushStats,
-    SendError,
+    DisconnectCounts, DisconnectReason, Frame, OpenError, PushConnection, PushQueue, PushSettings,
+    PushStats, SendError,
 };
+use crate::outbound::{Admit, Pushed};
 
 /// Disconnect callbacks are tried this many times (transport errors and 5xx answers retry).
 const DISCONNECT_ATTEMPTS: u32 = 3;
@@ -47,13 +48,21 @@ pub(super) fn bump(c: &AtomicU64) {
 
 /// A registered connection.
 pub(super) struct Entry {
-    pub(super) tx: mpsc::UnboundedSender<Frame>,
-    pub(super) queued: Arc<AtomicUsize>,
+    /// The token's queue, drained by the connection's response body.
+    pub(super) queue: Arc<PushQueue>,
     pub(super) request: Arc<Value>,
     /// The connect callback answered 2xx (counts as open).
     pub(super) accepted: bool,
     /// A `close: true` is queued: later sends are refused.
     pub(super) closing: bool,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // However the hub let go of the connection (slow consumer, shutdown, the body gone),
+        // the body writes what is queued and ends.
+        self.queue.finish();
+    }
 }
 
 /// Process-wide push gateway state, shared by every HTTP worker.
@@ -112,8 +121,7 @@ impl PushHub {
     /// application may push while it is still answering the connect callback.
     pub fn open(self: &Arc<Self>, request: Value) -> Result<PushConnection, OpenError> {
         let token = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(PushQueue::new(self.queue_limit, Admit::WithinLimit));
         let request = Arc::new(request);
         {
             // The flag is read under the lock `shutdown()` drains with, so no entry can slip
@@ -125,8 +133,7 @@ impl PushHub {
             conns.insert(
                 token.clone(),
                 Entry {
-                    tx,
-                    queued: Arc::clone(&queued),
+                    queue: Arc::clone(&queue),
                     request: Arc::clone(&request),
                     accepted: false,
                     closing: false,
@@ -137,8 +144,7 @@ impl PushHub {
             hub: Arc::clone(self),
             token,
             request,
-            rx,
-            queued,
+            queue,
             reason: DisconnectReason::ClientClosed,
         })
     }
@@ -147,35 +153,38 @@ impl PushHub {
     /// client's stream ends after it. Events for one token go out in the order of the calls.
     pub fn send(&self, token: &str, event: Option<Bytes>, close: bool) -> Result<(), SendError> {
         let bytes = event.unwrap_or_default();
-        let cost = bytes.len();
         let mut conns = self.conns.lock();
         let Some(entry) = conns.get_mut(token).filter(|e| !e.closing) else {
             drop(conns);
             bump(&self.counters.sends_not_found);
             return Err(SendError::UnknownToken);
         };
-        let queued = entry.queued.load(Ordering::Acquire);
-        if queued.saturating_add(cost) > self.queue_limit {
-            let entry = conns.remove(token);
-            drop(conns);
-            if let Some(entry) = entry {
-                log::warn!("push token={token} too slow ({queued} bytes queued); disconnecting it");
-                self.report(token, entry, DisconnectReason::Error, None);
+        match entry.queue.push(Frame { bytes, close }) {
+            Pushed::Queued => {
+                entry.closing |= close;
+                drop(conns);
+                bump(&self.counters.sends_ok);
+                Ok(())
             }
-            return Err(SendError::SlowConsumer);
+            Pushed::OverLimit => {
+                let queued = entry.queue.queued();
+                let entry = conns.remove(token);
+                drop(conns);
+                if let Some(entry) = entry {
+                    log::warn!(
+                        "push token={token} too slow ({queued} bytes queued); disconnecting it"
+                    );
+                    self.report(token, entry, DisconnectReason::Error, None);
+                }
+                Err(SendError::SlowConsumer)
+            }
+            Pushed::Refused => {
+                // The body is gone and its guard is about to forget the token.
+                drop(conns);
+                bump(&self.counters.sends_not_found);
+                Err(SendError::UnknownToken)
+            }
         }
-        entry.queued.fetch_add(cost, Ordering::AcqRel);
-        if entry.tx.send(Frame { bytes, close }).is_err() {
-            // The body is gone and its guard is about to forget the token.
-            entry.queued.fetch_sub(cost, Ordering::AcqRel);
-            drop(conns);
-            bump(&self.counters.sends_not_found);
-            return Err(SendError::UnknownToken);
-        }
-        entry.closing |= close;
-        drop(conns);
-        bump(&self.counters.sends_ok);
-        Ok(())
     }
 
     /// Ends every open push stream and sends their `shutdown` disconnect callbacks, waiting for
@@ -192,7 +201,7 @@ impl PushHub {
         let mut waits = Vec::with_capacity(n);
         for (token, entry) in drained {
             let (tx, rx) = oneshot::channel();
-            // Dropping the entry drops its sender: the body sends what is queued, then ends.
+            // Dropping the entry finishes its queue: the body sends what is queued, then ends.
             self.report(&token, entry, DisconnectReason::Shutdown, Some(tx));
             waits.push(rx);
         }

@@ -2,9 +2,9 @@
 //! the application who connected and who left (callbacks), and delivers the events it pushes by
 //! connection token.
 //!
-//! [`PushHub`] is the token → connection registry. Each connection has one unbounded channel
-//! (with a byte budget) drained by the transport's response body, so events for one token go
-//! out in the order `/internal/send` accepted them. The transport owns a [`PushConnection`]
+//! [`PushHub`] is the token → connection registry. Each connection has one outbound queue
+//! ([`crate::outbound::Outbound`] of [`Frame`]s, with a byte budget) drained by the transport's
+//! response body, so events for one token go out in the order `/internal/send` accepted them. The transport owns a [`PushConnection`]
 //! guard per client; dropping it (however the connection ends) reports the disconnect and
 //! forgets the token, so tokens never leak.
 //!
@@ -21,10 +21,12 @@
 //! - `callbacks`: the callback thread, its HTTP client, retries and the callback URL.
 //! - this file: settings, the event encoding and the types the transport matches on.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
+
+use crate::outbound::{Framing, Outbound};
 
 mod callbacks;
 mod connection;
@@ -144,6 +146,29 @@ pub struct Frame {
     /// End the client's stream after this frame (`close: true`).
     pub close: bool,
 }
+
+/// How push frames go out: already SSE-encoded by [`encode_event`], so written as they are;
+/// a `close` frame is the last one.
+pub struct PushFraming;
+
+impl Framing for PushFraming {
+    type Item = Frame;
+
+    fn cost(frame: &Frame) -> usize {
+        frame.bytes.len()
+    }
+
+    fn encode(frame: &Frame, out: &mut BytesMut) {
+        out.extend_from_slice(&frame.bytes);
+    }
+
+    fn ends_stream(frame: &Frame) -> bool {
+        frame.close
+    }
+}
+
+/// One push client's outbound queue.
+pub type PushQueue = Outbound<PushFraming>;
 
 /// Why `/internal/send` could not deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
