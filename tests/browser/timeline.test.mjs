@@ -55,6 +55,28 @@ function recordFrames(page) {
   };
 }
 
+/**
+ * Every event of `requestId` as the server holds it: a second socket attaches the page's session
+ * from id 0 and collects the turn. A recorder on the page can miss a frame that was in flight while
+ * the page unloaded (the page had it and resumed after it), so a reload test checks against this.
+ */
+async function replayTurn(page, requestId) {
+  return page.evaluate((rid) => new Promise((resolve, reject) => {
+    const sid = window.__switchboard.state().session_id;
+    const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+    const events = [];
+    const timer = setTimeout(() => { ws.close(); reject(new Error(`replay of ${rid}: no complete within 5 s (${events.length} events)`)); }, 5000);
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'hello', session_id: sid, last_event_id: 0 }));
+    ws.onmessage = (m) => {
+      const ev = JSON.parse(m.data);
+      if (ev.type === 'resync') { clearTimeout(timer); ws.close(); reject(new Error('replay got a resync: the buffer no longer holds the turn')); return; }
+      if (ev.request_id !== rid) return;
+      events.push(ev);
+      if (ev.type === 'complete') { clearTimeout(timer); ws.close(); resolve(events); }
+    };
+  }), requestId);
+}
+
 /** What the timeline must show, computed from the received events only. */
 function expected(events, models) {
   const ack = events.find((e) => e.type === 'ack');
@@ -237,7 +259,11 @@ test('timeline: a reload mid-turn and after it redraws the same ticks', async (t
   await page.reload();
   await waitConnected(page);
   await waitTurnComplete(page, 30000);
-  const want = expected(frames.turn(rid), models);
+  const seen = frames.turn(rid);
+  const events = await replayTurn(page, rid);
+  // what the page was sent is what the server holds (the recorder may have missed one in flight)
+  for (const ev of seen) assert.deepEqual(events.find((e) => e.id === ev.id), ev);
+  const want = expected(events, models);
   await until(async () => {
     for (const m of models) if (await rowTicks(page, rid, m) !== want[m].offsets.length) return false;
     return true;
