@@ -318,7 +318,7 @@ impl Config {
             }
         }
         if let Some(origins) = &self.cors_origins {
-            crate::http::guard::CorsOrigins::parse(origins)
+            crate::http::browser_policy::CorsOrigins::parse(origins)
                 .map_err(|p| invalid("SWITCHBOARD_CORS_ORIGINS", &p))?;
         }
         if !self.is_local() {
@@ -335,8 +335,8 @@ impl Config {
     }
 
     /// The routing configuration (SPEC §2.1).
-    pub fn router_settings(&self) -> switchboard_actors::router::RouterSettings {
-        use switchboard_actors::router::{RouterSettings, RoutingPolicy};
+    pub fn router_settings(&self) -> switchboard_actors::routing_policy::RouterSettings {
+        use switchboard_actors::routing_policy::{RouterSettings, RoutingPolicy};
         RouterSettings {
             policy: RoutingPolicy::parse(&self.routing).unwrap_or_default(),
             queue_max: self.queue_max,

@@ -5,7 +5,8 @@
 //! - `startup`: logging, the data dir and the admin key.
 //! - `state`: what handlers share (routing table, supervisor address, settings).
 //! - `http`: the routes (`openai` gateway, `admin`, `ops`) and the streaming `relay` body.
-//! - `auth`, `errors`: credentials and the one error shape.
+//! - `credentials`: what a credential is and whether one matches; `auth`: the one gate that
+//!   throttles, counts and logs refusals; `errors`: the one error shape.
 //! - `demo`: the built-in demo backend for local mode.
 //!
 //! The engine (registry, health, routing, upstream) lives in the `switchboard-actors` crate.
@@ -22,6 +23,7 @@
 
 mod auth;
 mod config;
+mod credentials;
 mod demo;
 mod errors;
 mod http;
@@ -198,7 +200,7 @@ async fn run(config: Config) -> Result<(), String> {
             push_heartbeat: Config::secs(config.push_heartbeat_s),
         },
         sessions: Arc::clone(&sessions),
-        ui_credentials: auth::UiCredentials {
+        ui_credentials: credentials::UiCredentials {
             user: config.ui_user.clone(),
             password: config.ui_password.clone(),
         },
@@ -206,11 +208,13 @@ async fn run(config: Config) -> Result<(), String> {
         metrics: Arc::new(metrics::GatewayMetrics::default()),
         rate_limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limit_per_min)),
         failures: Arc::default(),
-        browser: http::guard::BrowserPolicy {
+        browser: http::browser_policy::BrowserPolicy {
             local: config.is_local(),
             allowed_hosts: config.allowed_hosts(),
-            cors: http::guard::CorsOrigins::parse(config.cors_origins.as_deref().unwrap_or(""))
-                .map_err(|e| format!("SWITCHBOARD_CORS_ORIGINS: {e}"))?,
+            cors: http::browser_policy::CorsOrigins::parse(
+                config.cors_origins.as_deref().unwrap_or(""),
+            )
+            .map_err(|e| format!("SWITCHBOARD_CORS_ORIGINS: {e}"))?,
         },
         rate_limit_per_min: config.rate_limit_per_min,
         max_sessions: config.max_sessions,

@@ -12,7 +12,7 @@ use switchboard_actors::metrics::{label, Histogram, LATENCY_BUCKETS_US};
 use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::sessions::Sessions;
 
-use crate::auth::{Reason, Surface};
+use crate::credentials::{Reason, Surface};
 
 /// The `model` label of requests naming no registered model.
 pub const UNKNOWN_MODEL: &str = "unknown";

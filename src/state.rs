@@ -8,7 +8,7 @@ use switchboard_actors::routing::RoutingTable;
 use switchboard_actors::sessions::Sessions;
 use switchboard_actors::supervisor::HealthSupervisor;
 
-use crate::auth::UiCredentials;
+use crate::credentials::UiCredentials;
 
 /// Process-wide state (`Send + Sync`), one `Arc` shared by all workers.
 pub struct AppState {
@@ -31,7 +31,7 @@ pub struct AppState {
     /// Failed credential checks per IP: the guessing throttle (swept by a timer).
     pub failures: Arc<crate::rate_limit::FailureThrottle>,
     /// Host, Origin and CORS rules (`http::guard`).
-    pub browser: crate::http::guard::BrowserPolicy,
+    pub browser: crate::http::browser_policy::BrowserPolicy,
     pub rate_limit_per_min: u32,
     pub max_sessions: usize,
     /// Take client IPs from `X-Forwarded-For` (behind a trusted proxy).

@@ -13,6 +13,7 @@ pub use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::record::now_ms;
+use crate::timeline::{Mark, TokenTimeline};
 
 /// Token counts of one model's answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +35,7 @@ pub struct ModelSnapshot {
     pub metrics: ModelMetrics,
     /// Arrival times for the token timeline (absent where a snapshot has none to give).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<crate::timeline::TokenTimeline>,
+    pub timeline: Option<TokenTimeline>,
 }
 
 /// Numbers the compare view shows for a model.
@@ -142,6 +143,29 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// The mark this event leaves on its model's token timeline, if any (taken before the
+    /// event is emitted, since the body moves into it).
+    pub fn timeline_mark(&self) -> Option<Mark> {
+        match self {
+            EventBody::Token { content, .. } => Some(Mark::Token(
+                u32::try_from(content.encode_utf16().count()).unwrap_or(u32::MAX),
+            )),
+            EventBody::ToolStart {
+                tool_call_id, name, ..
+            } => Some(Mark::ToolStart {
+                id: tool_call_id.clone(),
+                name: name.clone(),
+            }),
+            EventBody::ToolEnd { tool_call_id, .. } => Some(Mark::ToolEnd {
+                id: tool_call_id.clone(),
+            }),
+            EventBody::Done { .. } | EventBody::Error { .. } | EventBody::Cancelled { .. } => {
+                Some(Mark::End)
+            }
+            _ => None,
+        }
+    }
+
     /// The `type` string (SSE `event:` field).
     pub fn kind(&self) -> &'static str {
         match self {

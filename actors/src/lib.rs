@@ -6,7 +6,10 @@
 //! - [`registry`]: sled persistence of records and the admin key (durable acknowledged writes).
 //! - [`url_policy`]: which backend URLs and addresses may be used (SSRF guard).
 //! - [`routing`]: the shared routing table, round-robin and failover order, live counters.
-//! - [`router`]: routing decisions (capacity, affinity, least-loaded) and per-model queues.
+//! - [`router`]: routing decisions (capacity, affinity, least-loaded, the wait for a slot).
+//! - [`routing_policy`]: the routing policy and settings, decision kinds and their counters.
+//! - [`model_queue`]: one model's FIFO of requests waiting for a backend slot.
+//! - [`affinity`]: thread → backend, bounded, for warm prompt caches.
 //! - [`prefix`]: the approximate per-backend prefix index behind prefix affinity.
 //! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
 //! - [`attempt`]: one upstream attempt and the failover between backends (gateway and sessions).
@@ -41,6 +44,7 @@
     clippy::print_stderr
 )]
 
+pub mod affinity;
 pub mod attempt;
 pub mod backend;
 pub mod buffer;
@@ -49,6 +53,7 @@ pub mod events;
 pub mod history;
 pub mod json;
 pub mod metrics;
+pub mod model_queue;
 pub mod model_stream;
 pub mod openai_stream;
 pub mod outbound;
@@ -58,6 +63,7 @@ pub mod record;
 pub mod registry;
 pub mod router;
 pub mod routing;
+pub mod routing_policy;
 pub mod session;
 pub mod session_store;
 pub mod sessions;

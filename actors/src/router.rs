@@ -17,117 +17,23 @@
 //! ticket (the client left, the wait timed out) removes it at once and passes the turn on.
 //! Nothing is sent upstream while a request waits: the caller gets its slot guard first.
 
-use std::collections::VecDeque;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::metrics::{label, Histogram};
-use crate::prefix::{HashKeyed, PromptSig};
+use crate::metrics::label;
+use crate::prefix::PromptSig;
 use crate::routing::{BackendHandle, InFlightGuard, ModelRoute, RouteError, RoutingTable};
+use crate::routing_policy::{RouteKind, RoutingPolicy};
 
-/// Threads remembered for affinity (≈ 48 bytes each with the eviction queue: ~3 MiB).
-pub const AFFINITY_CAPACITY: usize = 65_536;
 /// A prefix match shorter than this (bytes of prompt) is not worth a preference.
 pub const MIN_PREFIX_MATCH_BYTES: u32 = 64;
 /// `Retry-After` of `all_backends_busy`: slots of model servers free within seconds.
 pub const BUSY_RETRY_AFTER_S: u64 = 1;
-/// Buckets of the prefix-match length histogram, in bytes of prompt.
-const PREFIX_BUCKETS: &[u64] = &[512, 2048, 8192, 32_768, 131_072];
-/// Buckets of the queue-wait histogram, in ms.
-const WAIT_BUCKETS_MS: &[u64] = &[1, 5, 10, 50, 100, 500, 1000, 5000, 10_000, 30_000];
-
-/// `SWITCHBOARD_ROUTING`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RoutingPolicy {
-    /// Plain rotation over routable backends with a free slot (the pre-§2.1 behaviour).
-    RoundRobin,
-    /// Least-loaded only, no affinity (for comparison in the bench).
-    LeastLoaded,
-    /// Capacity, thread and prefix affinity, least-loaded (the default).
-    #[default]
-    Full,
-}
-
-impl RoutingPolicy {
-    /// Parses the configuration value.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "round-robin" => Some(Self::RoundRobin),
-            "least-loaded" => Some(Self::LeastLoaded),
-            "full" => Some(Self::Full),
-            _ => None,
-        }
-    }
-}
-
-/// The routing configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct RouterSettings {
-    /// `SWITCHBOARD_ROUTING`.
-    pub policy: RoutingPolicy,
-    /// Requests waiting per model at most (`SWITCHBOARD_QUEUE_MAX`).
-    pub queue_max: usize,
-    /// Longest wait in the queue (`SWITCHBOARD_QUEUE_TIMEOUT_S`).
-    pub queue_timeout: Duration,
-    /// In-flight requests an affine backend may have beyond the least-loaded one
-    /// (`SWITCHBOARD_AFFINITY_SLACK`).
-    pub affinity_slack: u64,
-}
-
-impl Default for RouterSettings {
-    fn default() -> Self {
-        Self {
-            policy: RoutingPolicy::Full,
-            queue_max: 256,
-            queue_timeout: Duration::from_secs(30),
-            affinity_slack: 2,
-        }
-    }
-}
-
-/// Why a backend was chosen (`X-Switchboard-Route`, the session `start` event's `route`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteKind {
-    /// The thread's backend (`prompt_cache_key`, session id + model).
-    Affinity,
-    /// The backend holding the longest prefix of the prompt.
-    Prefix,
-    /// Nothing affine (or the affine backend was full or past the slack).
-    LeastLoaded,
-    /// A retry after a failed attempt on another backend.
-    Failover,
-    /// `SWITCHBOARD_ROUTING=round-robin`.
-    RoundRobin,
-}
-
-impl RouteKind {
-    const ALL: [RouteKind; 5] = [
-        Self::Affinity,
-        Self::Prefix,
-        Self::LeastLoaded,
-        Self::Failover,
-        Self::RoundRobin,
-    ];
-
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Affinity => "affinity",
-            Self::Prefix => "prefix",
-            Self::LeastLoaded => "least-loaded",
-            Self::Failover => "failover",
-            Self::RoundRobin => "round-robin",
-        }
-    }
-}
-
 /// What one decision is asked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteRequest<'a> {
@@ -196,7 +102,7 @@ impl RoutingTable {
             timed_out,
         };
         let Some(ticket) = queue.enter(self.settings.queue_max) else {
-            queue.rejected_full.fetch_add(1, Ordering::Relaxed);
+            queue.count_rejected_full();
             return Err(busy(false));
         };
         let deadline = started + self.settings.queue_timeout;
@@ -205,7 +111,7 @@ impl RoutingTable {
                 match self.pick(&route, req) {
                     Pick::Got(guard, kind) => {
                         let waited = started.elapsed();
-                        queue.wait.observe_ms(waited.as_millis() as u64);
+                        queue.observe_wait_ms(waited.as_millis() as u64);
                         return Ok(Routed {
                             guard,
                             kind,
@@ -216,12 +122,12 @@ impl RoutingTable {
                     Pick::Full => {}
                 }
             }
-            if tokio::time::timeout_at(deadline, ticket.notify.notified())
+            if tokio::time::timeout_at(deadline, ticket.woken())
                 .await
                 .is_err()
             {
-                queue.timed_out.fetch_add(1, Ordering::Relaxed);
-                queue.wait.observe_ms(started.elapsed().as_millis() as u64);
+                queue.count_timed_out();
+                queue.observe_wait_ms(started.elapsed().as_millis() as u64);
                 return Err(busy(true));
             }
         }
@@ -328,7 +234,7 @@ impl RoutingTable {
 
     /// After a decision: the thread sticks to `backend`, the prompt is indexed there.
     fn remember(&self, req: &RouteRequest<'_>, backend: &BackendHandle, kind: RouteKind) {
-        self.metrics.decisions[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.metrics.count_decision(kind);
         if self.settings.policy != RoutingPolicy::Full {
             return;
         }
@@ -358,31 +264,7 @@ impl RoutingTable {
 
     /// Appends the routing metrics (Prometheus text).
     pub fn render_metrics(&self, out: &mut String) {
-        let m = &self.metrics;
-        let _ = writeln!(out, "# HELP switchboard_route_decisions_total Routing decisions by kind (SPEC 2.1).\n# TYPE switchboard_route_decisions_total counter");
-        for kind in RouteKind::ALL {
-            let n = m.decisions[kind as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "switchboard_route_decisions_total{{kind=\"{}\"}} {n}",
-                kind.as_str()
-            );
-        }
-        let _ = writeln!(out, "# HELP switchboard_route_prefix_match_bytes Length of the prefix a prefix-affinity decision matched.\n# TYPE switchboard_route_prefix_match_bytes histogram");
-        let mut cumulative = 0;
-        for (i, bound) in PREFIX_BUCKETS.iter().enumerate() {
-            cumulative += m.prefix_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "switchboard_route_prefix_match_bytes_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += m.prefix_buckets[PREFIX_BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "switchboard_route_prefix_match_bytes_bucket{{le=\"+Inf\"}} {cumulative}\nswitchboard_route_prefix_match_bytes_sum {}\nswitchboard_route_prefix_match_bytes_count {cumulative}",
-            m.prefix_sum.load(Ordering::Relaxed)
-        );
+        self.metrics.render(out);
         let snapshot = self.snapshot();
         let mut models: Vec<_> = snapshot.iter().collect();
         models.sort_by(|a, b| a.0.cmp(b.0));
@@ -397,15 +279,11 @@ impl RoutingTable {
         }
         let _ = writeln!(out, "# HELP switchboard_route_queue_rejected_total Requests answered all_backends_busy, per model and reason.\n# TYPE switchboard_route_queue_rejected_total counter");
         for (model, r) in &models {
-            for (reason, n) in [
-                ("full", &r.queue.rejected_full),
-                ("timeout", &r.queue.timed_out),
-            ] {
+            for (reason, n) in r.queue.rejections() {
                 let _ = writeln!(
                     out,
-                    "switchboard_route_queue_rejected_total{{model=\"{}\",reason=\"{reason}\"}} {}",
+                    "switchboard_route_queue_rejected_total{{model=\"{}\",reason=\"{reason}\"}} {n}",
                     label(model),
-                    n.load(Ordering::Relaxed)
                 );
             }
         }
@@ -413,7 +291,7 @@ impl RoutingTable {
         for (model, r) in &models {
             let labels = format!("model=\"{}\"", label(model));
             r.queue
-                .wait
+                .wait_histogram()
                 .render(out, "switchboard_route_queue_wait_seconds", &labels);
         }
     }
@@ -442,207 +320,6 @@ fn least_loaded<'b>(
 fn load(b: &BackendHandle) -> f64 {
     let n = b.in_flight() as f64;
     b.max_concurrency().map_or(n, |l| n / f64::from(l.max(1)))
-}
-
-// === impl ModelQueue ===
-
-/// One model's FIFO of requests waiting for a slot.
-pub struct ModelQueue {
-    waiters: Mutex<VecDeque<(u64, Arc<Notify>)>>,
-    len: AtomicUsize,
-    next_id: AtomicU64,
-    /// Wait time of requests that left the queue (served or timed out).
-    wait: Histogram,
-    rejected_full: AtomicU64,
-    timed_out: AtomicU64,
-}
-
-impl Default for ModelQueue {
-    fn default() -> Self {
-        Self {
-            waiters: Mutex::new(VecDeque::new()),
-            len: AtomicUsize::new(0),
-            next_id: AtomicU64::new(0),
-            wait: Histogram::new(WAIT_BUCKETS_MS),
-            rejected_full: AtomicU64::new(0),
-            timed_out: AtomicU64::new(0),
-        }
-    }
-}
-
-impl ModelQueue {
-    /// Requests waiting.
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
-    }
-
-    /// Whether nobody waits (new requests may then take a free slot directly).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Joins the back of the queue, unless `max` are already waiting.
-    pub fn enter(self: &Arc<Self>, max: usize) -> Option<Ticket> {
-        let mut w = self.waiters.lock();
-        if w.len() >= max {
-            return None;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
-        w.push_back((id, Arc::clone(&notify)));
-        self.len.store(w.len(), Ordering::Release);
-        Some(Ticket {
-            queue: Arc::clone(self),
-            id,
-            notify,
-        })
-    }
-
-    /// A slot may have freed: the first waiter tries again. (`Notify` keeps the permit when
-    /// the waiter is not parked yet, so a wake between its attempt and its wait is not lost.)
-    pub fn wake_front(&self) {
-        if self.is_empty() {
-            return;
-        }
-        if let Some((_, n)) = self.waiters.lock().front() {
-            n.notify_one();
-        }
-    }
-}
-
-/// A place in a [`ModelQueue`]. Dropping it (served, timed out, or the client went away and
-/// its request future was dropped) removes it at once and hands the turn to the next waiter.
-pub struct Ticket {
-    queue: Arc<ModelQueue>,
-    id: u64,
-    notify: Arc<Notify>,
-}
-
-impl Ticket {
-    /// Whether this ticket is first in line (only the first one takes a freed slot).
-    pub fn is_first(&self) -> bool {
-        self.queue
-            .waiters
-            .lock()
-            .front()
-            .is_some_and(|(id, _)| *id == self.id)
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut w = self.queue.waiters.lock();
-        if let Some(pos) = w.iter().position(|(id, _)| *id == self.id) {
-            w.remove(pos);
-            if pos == 0 {
-                if let Some((_, next)) = w.front() {
-                    next.notify_one();
-                }
-            }
-        }
-        self.queue.len.store(w.len(), Ordering::Release);
-    }
-}
-
-// === impl AffinityMap ===
-
-/// Thread key → backend, bounded by [`AFFINITY_CAPACITY`], least recently routed evicted first.
-pub struct AffinityMap {
-    map: HashKeyed<(Uuid, u64)>,
-    order: VecDeque<(u64, u64)>,
-    stamp: u64,
-    cap: usize,
-}
-
-impl Default for AffinityMap {
-    fn default() -> Self {
-        Self::with_capacity(AFFINITY_CAPACITY)
-    }
-}
-
-impl AffinityMap {
-    /// A map of at most `cap` threads.
-    pub fn with_capacity(cap: usize) -> Self {
-        Self {
-            map: HashKeyed::default(),
-            order: VecDeque::new(),
-            stamp: 0,
-            cap: cap.max(1),
-        }
-    }
-
-    /// The backend `key` sticks to.
-    pub fn get(&self, key: u64) -> Option<Uuid> {
-        self.map.get(&key).map(|(id, _)| *id)
-    }
-
-    /// `key` now sticks to `id` (and counts as recently used).
-    pub fn set(&mut self, key: u64, id: Uuid) {
-        self.stamp += 1;
-        self.map.insert(key, (id, self.stamp));
-        self.order.push_back((key, self.stamp));
-        while self.map.len() > self.cap || self.order.len() > 2 * self.cap {
-            let Some((k, s)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&k).is_some_and(|(_, cur)| *cur == s) {
-                self.map.remove(&k);
-            }
-        }
-    }
-
-    /// Forgets `key` (its backend left the rotation).
-    pub fn remove(&mut self, key: u64) {
-        self.map.remove(&key);
-    }
-
-    /// Threads remembered.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether no thread is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-// === impl RoutingMetrics ===
-
-/// Counters of routing decisions, for `/metrics`.
-pub struct RoutingMetrics {
-    decisions: [AtomicU64; 5],
-    prefix_buckets: Vec<AtomicU64>,
-    prefix_sum: AtomicU64,
-}
-
-impl Default for RoutingMetrics {
-    fn default() -> Self {
-        Self {
-            decisions: Default::default(),
-            prefix_buckets: (0..=PREFIX_BUCKETS.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            prefix_sum: AtomicU64::new(0),
-        }
-    }
-}
-
-impl RoutingMetrics {
-    fn observe_prefix(&self, bytes: u32) {
-        let b = u64::from(bytes);
-        let i = PREFIX_BUCKETS
-            .iter()
-            .position(|x| b <= *x)
-            .unwrap_or(PREFIX_BUCKETS.len());
-        self.prefix_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.prefix_sum.fetch_add(b, Ordering::Relaxed);
-    }
-
-    /// Decisions of `kind` so far.
-    pub fn decisions(&self, kind: RouteKind) -> u64 {
-        self.decisions[kind as usize].load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]

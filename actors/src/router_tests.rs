@@ -7,8 +7,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::*;
+use crate::affinity::AffinityMap;
 use crate::prefix::PromptSig;
 use crate::routing::{BackendHandle, RouteError, RoutingTable};
+use crate::routing_policy::RouterSettings;
 
 fn backend(url: &str, limit: Option<u32>) -> Arc<BackendHandle> {
     Arc::new(BackendHandle::new(Uuid::new_v4(), "m".into(), url, None).with_max_concurrency(limit))

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
+use crate::affinity::AffinityMap;
 use crate::endpoint::{self, Endpoint};
+use crate::model_queue::ModelQueue;
 use crate::prefix::PrefixIndex;
-use crate::router::{AffinityMap, ModelQueue, RouterSettings, RoutingMetrics};
+use crate::routing_policy::{RouterSettings, RoutingMetrics};
 
 /// Receives passive failure reports from the hot path. Implemented by the backend actor's
 /// address wrapper; a trait keeps this module free of actor types and easy to unit test.

@@ -567,7 +567,7 @@ impl Handler<StreamEvent> for Session {
             self.directory.counters().ttft.observe_ms(*ms);
         }
         let ended = run.apply(&ev.body);
-        let mark = Mark::of(&ev.body);
+        let mark = ev.body.timeline_mark();
         let ts = self.emit(ev.body);
         if let Some(mark) = mark {
             self.mark_timeline(&ev.model, mark, ts);

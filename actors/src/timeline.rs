@@ -7,8 +7,6 @@
 
 use serde::Serialize;
 
-use crate::events::EventBody;
-
 /// One tool call's span, offsets from the turn start.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ToolSpan {
@@ -33,37 +31,14 @@ pub struct TokenTimeline {
     pub ended_ms: Option<u64>,
 }
 
-/// What an event adds to a timeline, taken before the event is emitted (the body moves).
+/// What an event adds to a timeline, taken before the event is emitted (the body moves):
+/// [`crate::events::EventBody::timeline_mark`].
 #[derive(Debug)]
 pub enum Mark {
     Token(u32),
     ToolStart { id: String, name: String },
     ToolEnd { id: String },
     End,
-}
-
-impl Mark {
-    /// The mark `body` leaves on a timeline, if any.
-    pub fn of(body: &EventBody) -> Option<Mark> {
-        match body {
-            EventBody::Token { content, .. } => Some(Mark::Token(
-                u32::try_from(content.encode_utf16().count()).unwrap_or(u32::MAX),
-            )),
-            EventBody::ToolStart {
-                tool_call_id, name, ..
-            } => Some(Mark::ToolStart {
-                id: tool_call_id.clone(),
-                name: name.clone(),
-            }),
-            EventBody::ToolEnd { tool_call_id, .. } => Some(Mark::ToolEnd {
-                id: tool_call_id.clone(),
-            }),
-            EventBody::Done { .. } | EventBody::Error { .. } | EventBody::Cancelled { .. } => {
-                Some(Mark::End)
-            }
-            _ => None,
-        }
-    }
 }
 
 impl TokenTimeline {
@@ -116,6 +91,7 @@ impl TokenTimeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventBody;
 
     #[test]
     fn offsets_count_from_the_ack_and_lengths_in_utf16() {
@@ -126,7 +102,7 @@ mod tests {
             content: c.to_string(),
         };
         for (body, ts) in [(token("Hé"), 1_012), (token("😀 "), 1_050)] {
-            if let Some(mark) = Mark::of(&body) {
+            if let Some(mark) = body.timeline_mark() {
                 t.apply(mark, ts);
             }
         }
@@ -147,7 +123,7 @@ mod tests {
             ms: 30,
         };
         for (body, ts) in [(start, 1_060), (end, 1_090)] {
-            if let Some(mark) = Mark::of(&body) {
+            if let Some(mark) = body.timeline_mark() {
                 t.apply(mark, ts);
             }
         }
@@ -156,6 +132,6 @@ mod tests {
         t.apply(Mark::End, 1_100);
         t.apply(Mark::End, 1_200);
         assert_eq!(t.ended_ms, Some(100), "the first end counts");
-        assert!(Mark::of(&EventBody::Heartbeat {}).is_none());
+        assert!(EventBody::Heartbeat {}.timeline_mark().is_none());
     }
 }

@@ -151,8 +151,9 @@ pub async fn run(args: RoutingArgs) -> Result<(), String> {
 /// The cost of one decision (full policy, 3 backends, 10 000 indexed prompts).
 fn decision_cost() {
     use switchboard_actors::prefix::PromptSig;
-    use switchboard_actors::router::{RouteRequest, RouterSettings, RoutingPolicy};
+    use switchboard_actors::router::RouteRequest;
     use switchboard_actors::routing::{BackendHandle, RoutingTable};
+    use switchboard_actors::routing_policy::{RouterSettings, RoutingPolicy};
     let table = RoutingTable::new(RouterSettings {
         policy: RoutingPolicy::Full,
         ..RouterSettings::default()

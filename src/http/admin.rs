@@ -12,7 +12,7 @@ use switchboard_actors::supervisor::{
 };
 use uuid::Uuid;
 
-use crate::auth;
+use crate::credentials;
 use crate::errors::ApiError;
 use crate::http::request::read_body;
 use crate::state::AppState;
@@ -198,7 +198,7 @@ async fn register(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b: RegisterBody = parse_json(&body)?;
     let registration = Registration {
@@ -226,7 +226,7 @@ async fn update(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let id = parse_id(&path)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b: UpdateBody = parse_json(&body)?;
@@ -268,7 +268,7 @@ async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let id = parse_id(&path)?;
     state
         .supervisor
@@ -286,7 +286,7 @@ struct ListQuery {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let q = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?
         .into_inner();
@@ -322,7 +322,7 @@ where
     M: actix::Message<Result = Result<ServerView, AdminError>> + Send + 'static,
     HealthSupervisor: actix::Handler<M>,
 {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let id = parse_id(&path)?;
     let view = state
         .supervisor
@@ -357,7 +357,7 @@ async fn activate(
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let s = state.supervisor.send(Stats).await.map_err(mailbox_error)?;
     Ok(HttpResponse::Ok().json(json!({
         "servers": s.servers,

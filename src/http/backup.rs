@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use switchboard_actors::record::{now_ms, HealthCheckMode};
 use switchboard_actors::supervisor::{Export, Import, ImportEntry};
 
-use crate::auth;
+use crate::credentials;
 use crate::errors::ApiError;
 use crate::http::admin::{check_health_mode, check_upstream_model};
 use crate::http::request::read_body;
@@ -49,7 +49,7 @@ struct ExportQuery {
 }
 
 async fn export(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let q = web::Query::<ExportQuery>::from_query(req.query_string()).map_err(|_| {
         ApiError::invalid_param("include_keys", "include_keys must be true or false")
     })?;
@@ -78,7 +78,7 @@ async fn import(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let entries = parse_document(&body)?;
     let summary = state

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod browser_policy;
 pub mod conn;
 pub mod gate;
 pub mod guard;

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::auth;
+use crate::credentials;
 use crate::errors::ApiError;
 use crate::state::AppState;
 
@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Prometheus text; admin key required (it names backends and models).
 async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let mut text = crate::metrics::render(
         &state.metrics,
         &state.sessions,
@@ -43,7 +43,7 @@ fn rss_mb() -> Option<f64> {
 }
 
 async fn memory(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    auth::require_admin(req.headers(), &state.admin_key)?;
+    credentials::require_admin(req.headers(), &state.admin_key)?;
     let in_flight: u64 = state
         .table
         .snapshot()

@@ -22,7 +22,8 @@ use switchboard_actors::push::{
 use switchboard_actors::sessions::ConnectionSlot;
 use tokio::time::{interval_at, Instant, Interval};
 
-use crate::auth::{self, bearer, Denied, Reason, Surface, UiCredentials};
+use crate::auth::{self, Denied};
+use crate::credentials::{self, bearer, Reason, Surface, UiCredentials};
 use crate::errors::ApiError;
 use crate::http::request::read_body;
 use crate::state::AppState;
@@ -57,7 +58,9 @@ fn headers_json(headers: &HeaderMap, ui: &UiCredentials) -> Value {
         let sep = if name == header::COOKIE { "; " } else { ", " };
         let joined = headers
             .get_all(name)
-            .filter(|v| !(name == header::AUTHORIZATION && auth::is_ui_login(v.as_bytes(), ui)))
+            .filter(|v| {
+                !(name == header::AUTHORIZATION && credentials::is_ui_login(v.as_bytes(), ui))
+            })
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect::<Vec<_>>();
         if joined.is_empty() {
@@ -155,7 +158,7 @@ fn authorize(req: &HttpRequest, state: &AppState, hub: &PushHub) -> Result<(), A
         .map(str::to_string)
         .or_else(from_query);
     let verdict = auth::gate(req, state, Surface::Push, || {
-        auth::secret_verdict(given.as_deref(), hub.secret())
+        credentials::secret_verdict(given.as_deref(), hub.secret())
     });
     match verdict {
         Ok(()) => Ok(()),

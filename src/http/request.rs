@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::auth;
+use crate::credentials;
 use crate::errors::ApiError;
 use crate::state::AppState;
 
@@ -43,7 +44,12 @@ pub async fn read_body(
 pub fn check_rate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let ip = crate::http::client_ip(req, state.trust_proxy);
     state.rate_limiter.check(ip).map_err(|retry_after| {
-        auth::rate_limited(req, state, auth::Surface::of_path(req.path()), retry_after);
+        auth::rate_limited(
+            req,
+            state,
+            credentials::Surface::of_path(req.path()),
+            retry_after,
+        );
         ApiError::rate_limited(
             format!(
                 "rate limit of {} requests a minute exceeded; retry in {retry_after} s",

@@ -52,7 +52,7 @@ pub fn models_available(table: &RoutingTable) -> Vec<String> {
 }
 
 fn guard(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    crate::auth::require_ui(req, state, crate::auth::Surface::Sessions)
+    crate::auth::require_ui(req, state, crate::credentials::Surface::Sessions)
 }
 
 /// 400 naming the field when a client-chosen id carries a control character.
@@ -193,7 +193,7 @@ async fn events(
     }
     let ip = crate::http::client_ip(&req, state.trust_proxy);
     let slot = state.sessions.claim_connection(ip).ok_or_else(|| {
-        crate::auth::rate_limited(&req, &state, crate::auth::Surface::Sessions, 5);
+        crate::auth::rate_limited(&req, &state, crate::credentials::Surface::Sessions, 5);
         ApiError::rate_limited("too many session connections from this address", 5)
     })?;
     let from_header = req

@@ -82,7 +82,7 @@ async fn serve(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::NotFound().finish();
     };
     if !asset.public {
-        if let Err(err) = crate::auth::require_ui(&req, &state, crate::auth::Surface::Ui) {
+        if let Err(err) = crate::auth::require_ui(&req, &state, crate::credentials::Surface::Ui) {
             return actix_web::ResponseError::error_response(&err);
         }
     }

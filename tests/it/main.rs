@@ -1,6 +1,13 @@
 //! Integration tests: the real broker binary on loopback ports with a temp sled dir, mock
 //! backends from `fixtures/mockllm`, real HTTP clients. One test binary (link time).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Test helpers may stop a test with a panic and print what they saw.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod admin;
 mod backup;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::hub::{bump, Counters};
+use super::counters::{bump, Counters};
 
 /// Backoff before retry n is n × this.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::callbacks::{CallbackError, Job};
-use super::hub::bump;
+use super::counters::bump;
 #[cfg(test)]
 use super::Frame;
 use super::{

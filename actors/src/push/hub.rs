@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::callbacks::{
     callback_target, dispatcher, percent_encode, strip_query, CallbackResult, Dispatch, Job,
 };
+use super::counters::{bump, Counters};
 use super::{
     DisconnectCounts, DisconnectReason, Frame, OpenError, PushConnection, PushQueue, PushSettings,
     PushStats, SendError,
@@ -25,26 +26,6 @@ use crate::outbound::{Admit, Pushed};
 const DISCONNECT_ATTEMPTS: u32 = 3;
 /// `shutdown()` waits at most this long for the `shutdown` disconnect callbacks.
 pub const SHUTDOWN_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The hub's counters, shared with the callback thread.
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) open: AtomicU64,
-    pub(super) total: AtomicU64,
-    pub(super) rejected: AtomicU64,
-    pub(super) connect_errors: AtomicU64,
-    pub(super) callbacks_ok: AtomicU64,
-    pub(super) callbacks_failed: AtomicU64,
-    pub(super) retries: AtomicU64,
-    pub(super) sends_ok: AtomicU64,
-    pub(super) sends_not_found: AtomicU64,
-    pub(super) disconnects: [AtomicU64; 4],
-}
-
-/// Counts one.
-pub(super) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
 
 /// A registered connection.
 pub(super) struct Entry {

@@ -30,6 +30,7 @@ use crate::outbound::{Framing, Outbound};
 
 mod callbacks;
 mod connection;
+mod counters;
 mod hub;
 
 pub use callbacks::{callback_target, strip_query};
