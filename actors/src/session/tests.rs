@@ -127,3 +127,180 @@ async fn a_resume_behind_the_buffer_gets_a_resync_and_a_recent_one_a_replay() {
     assert_eq!(recent.kinds(), vec!["session", "complete"]);
     assert_eq!(recent.0.lock()[1].id, Some(6));
 }
+
+/// A session whose model `m` has one backend with one slot, held by the test: the turn's model
+/// stream waits in the model's queue (no socket is opened), and the test plays the stream's part
+/// by sending the session `StreamEvent`s itself.
+struct Held {
+    table: Arc<RoutingTable>,
+    _slot: crate::routing::InFlightGuard,
+}
+
+fn held_table() -> Held {
+    use crate::routing::BackendHandle;
+    use crate::routing_policy::RouterSettings;
+    let backend = Arc::new(
+        BackendHandle::new(
+            uuid::Uuid::new_v4(),
+            "m".into(),
+            "http://held.invalid",
+            None,
+        )
+        .with_max_concurrency(Some(1)),
+    );
+    let table = Arc::new(RoutingTable::new(RouterSettings {
+        queue_timeout: Duration::from_secs(30),
+        ..RouterSettings::default()
+    }));
+    table.rebuild(vec![Arc::clone(&backend)]);
+    let slot = backend.try_acquire().expect("the only slot");
+    Held { table, _slot: slot }
+}
+
+fn start_on(table: &Arc<RoutingTable>, grace: Duration) -> Addr<Session> {
+    let settings = SessionSettings {
+        disconnect_grace: grace,
+        ..settings(64)
+    };
+    let directory = Sessions::new(Arc::clone(table), settings, 10, 5);
+    Session::new("s1".into(), directory, settings).start()
+}
+
+fn send_to_m(request_id: &str) -> Command {
+    Command::Send(SendTurn {
+        request_id: request_id.into(),
+        content: "hi".into(),
+        models: vec!["m".into()],
+        params: None,
+    })
+}
+
+fn output(body: EventBody) -> StreamEvent {
+    StreamEvent {
+        model: "m".into(),
+        body,
+    }
+}
+
+/// Waits until the model's queue holds `n` requests.
+async fn queued(table: &RoutingTable, n: usize) {
+    for _ in 0..200 {
+        if table.queue_depths().iter().map(|(_, d)| d).sum::<usize>() == n {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the model queue never held {n}: {:?}", table.queue_depths());
+}
+
+#[actix_rt::test]
+async fn first_output_streams_then_cancel_stops_the_model_and_keeps_its_partial_text() {
+    let held = held_table();
+    let addr = start_on(&held.table, Duration::from_secs(10));
+    let sink = attach(&addr, 1, None).await;
+    addr.send(send_to_m("r1")).await.unwrap().unwrap();
+    queued(&held.table, 1).await; // the model stream waits for the held slot
+
+    // A second `send` while the turn runs is refused, and changes nothing.
+    let busy = addr.send(send_to_m("r2")).await.unwrap().unwrap_err();
+    assert_eq!(busy.refusal.code(), "busy");
+
+    // First output: TTFT, then tokens; the snapshot follows them.
+    let (rid, m): (Arc<str>, Arc<str>) = ("r1".into(), "m".into());
+    addr.send(output(EventBody::Ttft {
+        request_id: rid.clone(),
+        model: m.clone(),
+        ms: 7,
+    }))
+    .await
+    .unwrap();
+    for piece in ["Hel", "lo"] {
+        addr.send(output(EventBody::Token {
+            request_id: rid.clone(),
+            model: m.clone(),
+            content: piece.into(),
+        }))
+        .await
+        .unwrap();
+    }
+    let state = addr.send(GetState).await.unwrap();
+    assert!(state.busy);
+    let snap = &state.turn.as_ref().unwrap().snapshot["m"];
+    assert_eq!((snap.content.as_str(), snap.state), ("Hello", "streaming"));
+    assert_eq!(
+        sink.kinds(),
+        vec!["session", "ack", "ttft", "token", "token"]
+    );
+
+    // Cancel: `cancelled`, then `complete`; the stream is stopped (it leaves the queue).
+    addr.send(Command::Cancel {
+        request_id: "r1".into(),
+        model: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(sink.kinds()[5..], ["cancelled", "complete"]);
+    queued(&held.table, 0).await;
+    // A token still in flight from the stopped stream is dropped.
+    addr.send(output(EventBody::Token {
+        request_id: rid,
+        model: m,
+        content: "late".into(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(sink.kinds().len(), 7);
+    let state = addr.send(GetState).await.unwrap();
+    assert!(!state.busy);
+    let snap = &state.turn.as_ref().unwrap().snapshot["m"];
+    assert_eq!((snap.content.as_str(), snap.state), ("Hello", "cancelled"));
+    assert_eq!(
+        state.history.get("m"),
+        Some(&1),
+        "a cancelled model keeps its part"
+    );
+}
+
+#[actix_rt::test]
+async fn the_grace_expiring_with_nobody_attached_cancels_the_turn_and_a_return_replays_it() {
+    let held = held_table();
+    let addr = start_on(&held.table, Duration::from_millis(100));
+    let _sink = attach(&addr, 1, None).await;
+    addr.send(send_to_m("r1")).await.unwrap().unwrap();
+    queued(&held.table, 1).await;
+    addr.send(Detach { conn_id: 1 }).await.unwrap();
+
+    // Within the grace the turn goes on...
+    actix_rt::time::sleep(Duration::from_millis(30)).await;
+    assert!(addr.send(GetState).await.unwrap().busy);
+    // ...after it, the turn is cancelled and its stream stopped.
+    let state = idle(&addr).await;
+    assert_eq!(
+        state.turn.as_ref().unwrap().snapshot["m"].state,
+        "cancelled"
+    );
+    queued(&held.table, 0).await;
+
+    // A client coming back after the ack sees how the turn ended.
+    let back = attach(&addr, 2, Some(1)).await;
+    assert_eq!(back.kinds(), vec!["session", "cancelled", "complete"]);
+}
+
+#[actix_rt::test]
+async fn a_connection_back_within_the_grace_keeps_the_turn_running() {
+    let held = held_table();
+    let addr = start_on(&held.table, Duration::from_millis(100));
+    let _first = attach(&addr, 1, None).await;
+    addr.send(send_to_m("r1")).await.unwrap().unwrap();
+    addr.send(Detach { conn_id: 1 }).await.unwrap();
+    let _second = attach(&addr, 2, Some(1)).await;
+    actix_rt::time::sleep(Duration::from_millis(250)).await;
+    let state = addr.send(GetState).await.unwrap();
+    assert!(state.busy, "the grace was disarmed by the new connection");
+    assert_eq!(
+        state.turn.as_ref().unwrap().snapshot["m"].state,
+        "streaming"
+    );
+    queued(&held.table, 1).await;
+}
