@@ -48,27 +48,7 @@
   // ---------------------------------------------------------------------------------------------
   // Small helpers
 
-  /** Creates an element; string children become text nodes (never parsed as HTML). */
-  function h(tag, attrs, ...children) {
-    const e = document.createElement(tag);
-    if (attrs) {
-      for (const [k, v] of Object.entries(attrs)) {
-        if (v === null || v === undefined || v === false) continue;
-        if (k === 'class') e.className = v;
-        else if (k === 'text') e.textContent = v;
-        else e.setAttribute(k, v === true ? '' : String(v));
-      }
-    }
-    for (const c of children) if (c !== null && c !== undefined && c !== false) e.append(c);
-    return e;
-  }
-
-  const SVG_NS = 'http://www.w3.org/2000/svg';
-  function svg(tag, attrs) {
-    const e = document.createElementNS(SVG_NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
-    return e;
-  }
+  const { h, svg } = window.SwitchboardDom;
 
   /** Puts a number and its unit into a metric value (the unit smaller), e.g. "57" + " ms". */
   function setMs(el, ms, fallback) {

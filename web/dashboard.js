@@ -15,25 +15,7 @@
   // ---------------------------------------------------------------------------------------------
   // Helpers
 
-  function h(tag, attrs, ...children) {
-    const e = document.createElement(tag);
-    if (attrs) {
-      for (const [k, v] of Object.entries(attrs)) {
-        if (v === null || v === undefined || v === false) continue;
-        if (k === 'class') e.className = v;
-        else e.setAttribute(k, v === true ? '' : String(v));
-      }
-    }
-    for (const c of children) if (c !== null && c !== undefined && c !== false) e.append(c);
-    return e;
-  }
-  const SVG_NS = 'http://www.w3.org/2000/svg';
-  function svg(tag, attrs, ...children) {
-    const e = document.createElementNS(SVG_NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
-    for (const c of children) e.append(c);
-    return e;
-  }
+  const { h, svg } = window.SwitchboardDom;
   function fmtMs(ms) {
     if (ms === null || ms === undefined || !isFinite(ms)) return '—';
     if (ms < 1000) return `${Math.round(ms)} ms`;

@@ -21,7 +21,7 @@
 (function () {
   'use strict';
 
-  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const { h, svg: el, SVG_NS } = window.SwitchboardDom;
   /** A gap between two tokens is a stall when it is over this many times the median gap… */
   const STALL_FACTOR = 4;
   /** …and over this many milliseconds. */
@@ -273,24 +273,6 @@
 
   // ---------------------------------------------------------------------------------------------
   // Drawing
-
-  function el(tag, attrs, ...children) {
-    const e = document.createElementNS(SVG_NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) e.setAttribute(k, String(v));
-    for (const c of children) if (c !== null && c !== undefined) e.append(c);
-    return e;
-  }
-
-  function h(tag, attrs, ...children) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === null || v === undefined || v === false) continue;
-      if (k === 'class') e.className = v;
-      else e.setAttribute(k, v === true ? '' : String(v));
-    }
-    for (const c of children) if (c !== null && c !== undefined && c !== false) e.append(c);
-    return e;
-  }
 
   /** Styles the SVG export carries, so the file looks the same opened on its own. */
   const EXPORT_CSS = [

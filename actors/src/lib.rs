@@ -10,6 +10,7 @@
 //! - [`routing_policy`]: the routing policy and settings, decision kinds and their counters.
 //! - [`model_queue`]: one model's FIFO of requests waiting for a backend slot.
 //! - [`affinity`]: thread → backend, bounded, for warm prompt caches.
+//! - [`recent`]: the bounded, least-recently-set-first map behind both kinds of affinity.
 //! - [`prefix`]: the approximate per-backend prefix index behind prefix affinity.
 //! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
 //! - [`attempt`]: one upstream attempt and the failover between backends (gateway and sessions).
@@ -59,6 +60,7 @@ pub mod openai_stream;
 pub mod outbound;
 pub mod prefix;
 pub mod push;
+pub mod recent;
 pub mod record;
 pub mod registry;
 pub mod router;

@@ -348,13 +348,7 @@ where
             Ok(None) => {
                 parser.finish(&mut events);
                 if events.is_empty() {
-                    return fail(
-                        out,
-                        produced,
-                        "upstream_error",
-                        "stream ended without data: [DONE] (connection lost)".into(),
-                        StopReason::UpstreamError,
-                    );
+                    return connection_lost(out, produced);
                 }
                 Bytes::new()
             }
@@ -424,13 +418,7 @@ where
         }
         if chunk.is_empty() {
             // The body ended after a final event without `[DONE]`.
-            return fail(
-                out,
-                produced,
-                "upstream_error",
-                "stream ended without data: [DONE] (connection lost)".into(),
-                StopReason::UpstreamError,
-            );
+            return connection_lost(out, produced);
         }
     }
 }
@@ -485,6 +473,17 @@ fn emit_output(o: Output, spec: &StreamSpec, out: &Emitter) {
 }
 
 /// Failure before any output is retried on the next backend; after output it ends the model.
+/// The upstream body ended before `data: [DONE]`: the connection was lost mid-answer.
+fn connection_lost(out: &Emitter, produced: bool) -> BodyOutcome {
+    fail(
+        out,
+        produced,
+        "upstream_error",
+        "stream ended without data: [DONE] (connection lost)".into(),
+        StopReason::UpstreamError,
+    )
+}
+
 fn fail(
     out: &Emitter,
     produced: bool,

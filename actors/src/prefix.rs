@@ -10,8 +10,10 @@
 //! Bounds: at most [`PREFIX_ENTRIES_PER_BACKEND`] points per backend (about 2.5 MiB: a map entry
 //! and an eviction-queue entry per point), oldest evicted first; at most [`MAX_POINTS`] per prompt.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::recent::Recent;
 
 /// A long message contributes a point every this many bytes (~128 tokens of English).
 pub const CHUNK_BYTES: usize = 512;
@@ -124,12 +126,8 @@ pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// One backend's index. Owned by its [`crate::routing::BackendHandle`] behind a mutex held for
 /// one lookup or one insert.
 pub struct PrefixIndex {
-    /// point hash → stamp of its latest insert.
-    map: HashKeyed<u64>,
-    /// Insert order, for oldest-first eviction; entries whose stamp is stale are skipped.
-    order: VecDeque<(u64, u64)>,
-    stamp: u64,
-    cap: usize,
+    /// Point hashes routed here, least recently routed evicted first.
+    points: Recent<()>,
 }
 
 impl Default for PrefixIndex {
@@ -142,54 +140,33 @@ impl PrefixIndex {
     /// An empty index holding at most `cap` points.
     pub fn with_capacity(cap: usize) -> Self {
         Self {
-            map: HashKeyed::default(),
-            order: VecDeque::new(),
-            stamp: 0,
-            cap: cap.max(1),
+            points: Recent::with_capacity(cap),
         }
     }
 
     /// Points held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.points.len()
     }
 
     /// Whether nothing is indexed.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.points.is_empty()
     }
 
     /// Forgets everything (the backend left the rotation: its cache may be gone).
     pub fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        self.points.clear();
     }
 
     /// Records that `sig` was routed here. Points are inserted longest first so that, evicted
     /// oldest first, a prompt's long prefixes go before its short ones and the index stays
     /// prefix-closed (what [`Self::longest_match`]'s binary search relies on).
     pub fn insert(&mut self, sig: &PromptSig) {
-        let fresh = (self.cap / 4) as u64;
+        // Recently refreshed points (a shared system prompt) skip the queue churn.
+        let fresh = (self.points.capacity() / 4) as u64;
         for &(h, _) in sig.points.iter().rev() {
-            self.stamp += 1;
-            let stamp = self.stamp;
-            match self.map.get_mut(&h) {
-                // Recently refreshed (a shared system prompt): skip the queue churn.
-                Some(s) if stamp - *s < fresh => continue,
-                Some(s) => *s = stamp,
-                None => {
-                    self.map.insert(h, stamp);
-                }
-            }
-            self.order.push_back((h, stamp));
-        }
-        while self.map.len() > self.cap || self.order.len() > 2 * self.cap {
-            let Some((h, stamp)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&h) == Some(&stamp) {
-                self.map.remove(&h);
-            }
+            self.points.set_unless_fresh(h, (), fresh);
         }
     }
 
@@ -197,7 +174,7 @@ impl PrefixIndex {
     pub fn longest_match(&self, sig: &PromptSig) -> u32 {
         let points = &sig.points;
         // First index whose point is absent (the present ones form a prefix).
-        let held = points.partition_point(|(h, _)| self.map.contains_key(h));
+        let held = points.partition_point(|(h, _)| self.points.contains(*h));
         if held == 0 {
             0
         } else {
@@ -252,7 +229,7 @@ mod tests {
         }
         assert_eq!(idx.longest_match(&first), 0);
         assert!(idx.longest_match(&sig(&["prompt 499", "x"])) > 0);
-        assert!(idx.order.len() <= 200);
+        // the eviction queue's own bound is tested with `Recent`
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl RoutingTable {
         };
         if let Some(key) = req.thread {
             let mut threads = self.affinity.lock();
-            if let Some(id) = threads.get(key) {
+            if let Some(&id) = threads.get(key) {
                 match cands.iter().find(|b| b.id == id) {
                     Some(b) if usable(b) => return Some((b, RouteKind::Affinity)),
                     // Loaded past the slack: spill to the least-loaded backend.

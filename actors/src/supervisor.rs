@@ -293,19 +293,7 @@ impl Handler<Register> for HealthSupervisor {
             if reg.health_check == HealthCheckMode::Passive {
                 return Ok(record); // never probed, not even now (SPEC §3.1)
             }
-            let probe_handle = BackendHandle::new(
-                record.registration_id,
-                record.model_name.clone(),
-                &record.endpoint_url,
-                record.api_key.clone(),
-            );
-            let result = upstream::probe(&client, &probe_handle, timeout).await;
-            if let (Err(reason), true) = (&result, reg.verify) {
-                return Err(AdminError::VerifyFailed {
-                    url: record.endpoint_url.clone(),
-                    reason: reason.clone(),
-                });
-            }
+            let result = probe_before_write(&client, &record, timeout, reg.verify).await?;
             apply_check(&mut record, &result, CheckKind::Registration, u32::MAX);
             Ok(record)
         };
@@ -401,20 +389,7 @@ impl Handler<Update> for HealthSupervisor {
                 || candidate.health_check != current.health_check)
                 && candidate.health_check == HealthCheckMode::Models;
             let probe = if reconnect {
-                let h = BackendHandle::new(
-                    id,
-                    candidate.model_name.clone(),
-                    &candidate.endpoint_url,
-                    candidate.api_key.clone(),
-                );
-                let result = upstream::probe(&client, &h, timeout).await;
-                if let (Err(reason), true) = (&result, patch.verify) {
-                    return Err(AdminError::VerifyFailed {
-                        url: candidate.endpoint_url.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                Some(result)
+                Some(probe_before_write(&client, &candidate, timeout, patch.verify).await?)
             } else {
                 None
             };
@@ -501,6 +476,30 @@ impl Handler<Update> for HealthSupervisor {
 }
 
 /// 409: one model is registered once per URL.
+/// Probes `record` before it is stored (a registration, or an update that changes how the server
+/// is reached). With `verify` a failed probe refuses the write; without, its result is recorded.
+async fn probe_before_write(
+    client: &awc::Client,
+    record: &ServerRecord,
+    timeout: std::time::Duration,
+    verify: bool,
+) -> Result<Result<upstream::ProbeOk, String>, AdminError> {
+    let handle = BackendHandle::new(
+        record.registration_id,
+        record.model_name.clone(),
+        &record.endpoint_url,
+        record.api_key.clone(),
+    );
+    let result = upstream::probe(client, &handle, timeout).await;
+    match &result {
+        Err(reason) if verify => Err(AdminError::VerifyFailed {
+            url: record.endpoint_url.clone(),
+            reason: reason.clone(),
+        }),
+        _ => Ok(result),
+    }
+}
+
 fn conflict(model: &str, url: &str, existing: Uuid) -> AdminError {
     AdminError::Conflict(format!(
         "model {model} is already registered at {url} (registration_id {existing})"

@@ -110,11 +110,7 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
                 _slot: slot,
                 ip,
             };
-            Ok(HttpResponse::Ok()
-                .content_type("text/event-stream")
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .streaming(body))
+            Ok(crate::http::sse::event_stream(body))
         }
         Err(e) => {
             match &e {

@@ -233,11 +233,7 @@ async fn events(
         _slot: slot,
         ip,
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-accel-buffering", "no"))
-        .streaming(body))
+    Ok(event_stream(body))
 }
 
 /// Session events as SSE frames (`id:`, `event:`, `data:`); an event costs
@@ -291,6 +287,21 @@ impl Drop for SseSink {
         // The session let go of this client: the body writes what is queued, then ends.
         self.queue.finish();
     }
+}
+
+/// A `200 text/event-stream` answer streaming `body`, uncached and unbuffered by proxies
+/// (`X-Accel-Buffering: no` for nginx): the one shape of every event stream the broker serves
+/// (SSE sessions, push connections).
+pub fn event_stream<S, E>(body: S) -> HttpResponse
+where
+    S: Stream<Item = Result<Bytes, E>> + 'static,
+    E: Into<Box<dyn std::error::Error>> + 'static,
+{
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body)
 }
 
 /// The `text/event-stream` body of one SSE client. Dropped when the client goes away, which

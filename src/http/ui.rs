@@ -46,6 +46,7 @@ static ASSETS: &[Asset] = &[
     asset!("/sse", "index.html", HTML),
     asset!("/dashboard", "dashboard.html", HTML),
     asset!("/static/style.css", "style.css", CSS),
+    asset!("/static/dom.js", "dom.js", JS),
     asset!("/static/compare.js", "compare.js", JS),
     asset!("/static/timeline.js", "timeline.js", JS),
     asset!("/static/dashboard.js", "dashboard.js", JS),
