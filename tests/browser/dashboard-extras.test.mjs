@@ -7,7 +7,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startBroker, startMock, launchBrowser, openPage, shot, until } from './harness.mjs';
@@ -106,7 +106,7 @@ test('dashboard: the register form sends max_concurrency, upstream_model and hea
   await context.close();
 });
 
-test('dashboard: export (with or without keys) downloads JSON; import shows created / skipped or the error', async () => {
+test('dashboard: export (with or without keys) downloads JSON; import shows created / skipped or the error', async (t) => {
   const { page, context } = await openPage(browser, null);
   const exportUrls = [];
   const doc = { version: 1, exported_at: '2026-01-01T00:00:00Z', servers: [{ model_name: 'x', endpoint_url: 'http://127.0.0.1:1' }] };
@@ -137,6 +137,7 @@ test('dashboard: export (with or without keys) downloads JSON; import shows crea
   assert.ok(exportUrls[1].endsWith('/admin/export?include_keys=true'));
 
   const dir = mkdtempSync(join(tmpdir(), 'sb-import-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, 'backup.json');
   writeFileSync(path, JSON.stringify(doc));
   await page.setInputFiles('[data-testid=import-file]', path);
