@@ -321,6 +321,50 @@ pub struct SendTurn {
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+impl SendTurn {
+    /// Checks the OpenAI parameters whose type and range are documented, so a turn with
+    /// `"temperature": "hot"` is refused with a message naming the field instead of failing on
+    /// every backend. `null` means "the default"; other keys pass through unchecked (servers
+    /// have their own: `top_k`, `min_p`, `tools`, …).
+    pub fn check_params(&self) -> Result<(), String> {
+        let Some(params) = &self.params else {
+            return Ok(());
+        };
+        for (key, value) in params.iter().filter(|(_, v)| !v.is_null()) {
+            let number_in =
+                |lo: f64, hi: f64| value.as_f64().is_some_and(|v| (lo..=hi).contains(&v));
+            let (ok, expected) = match key.as_str() {
+                "temperature" => (number_in(0.0, 2.0), "a number from 0 to 2"),
+                "top_p" => (number_in(0.0, 1.0), "a number from 0 to 1"),
+                "presence_penalty" | "frequency_penalty" => {
+                    (number_in(-2.0, 2.0), "a number from -2 to 2")
+                }
+                "max_tokens" | "max_completion_tokens" => (
+                    value.as_u64().is_some_and(|n| n >= 1),
+                    "a whole number of at least 1",
+                ),
+                "n" => (
+                    value.as_u64() == Some(1),
+                    "1 (the compare view shows one answer per model)",
+                ),
+                "seed" => (value.is_i64() || value.is_u64(), "a whole number"),
+                "stop" => (
+                    value.is_string()
+                        || value
+                            .as_array()
+                            .is_some_and(|a| a.len() <= 4 && a.iter().all(|s| s.is_string())),
+                    "a string or a list of at most 4 strings",
+                ),
+                _ => (true, ""),
+            };
+            if !ok {
+                return Err(format!("`params.{key}` must be {expected}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parses a client frame; the error text is what the `invalid_message` event says. The `type`
 /// is read first and the rest parsed as that message's fields, so a wrong field is named
 /// (an internally tagged enum would buffer the fields and lose the path).

@@ -356,7 +356,8 @@ fn validate_send(send: &SendTurn) -> Result<(), CommandError> {
     {
         return invalid("every model must be a non-empty name");
     }
-    Ok(())
+    send.check_params()
+        .map_err(|m| CommandError::new(Refusal::Invalid, m))
 }
 
 impl Actor for Session {

@@ -304,3 +304,53 @@ async fn a_connection_back_within_the_grace_keeps_the_turn_running() {
     );
     queued(&held.table, 1).await;
 }
+
+#[actix_rt::test]
+async fn a_send_with_a_bad_parameter_is_refused_naming_it_and_starts_nothing() {
+    let addr = start(64);
+    let sink = attach(&addr, 1, None).await;
+    for (params, field) in [
+        (
+            serde_json::json!({"temperature": "hot"}),
+            "params.temperature",
+        ),
+        (
+            serde_json::json!({"temperature": 2.5}),
+            "params.temperature",
+        ),
+        (serde_json::json!({"max_tokens": 0}), "params.max_tokens"),
+        (serde_json::json!({"n": 3}), "params.n"),
+        (serde_json::json!({"stop": ["a", 1]}), "params.stop"),
+    ] {
+        let refused = addr
+            .send(Command::Send(SendTurn {
+                request_id: "r1".into(),
+                content: "hi".into(),
+                models: vec!["nope".into()],
+                params: params.as_object().cloned(),
+            }))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.refusal.code(), "invalid_message");
+        assert!(
+            refused.message.contains(field),
+            "{params}: {}",
+            refused.message
+        );
+    }
+    assert_eq!(sink.kinds(), vec!["session"], "no turn was acknowledged");
+    // Accepted: in range, null (the default), and keys servers define themselves.
+    let ok = serde_json::json!({"temperature": 0, "top_p": null, "max_tokens": 16, "top_k": 40, "stop": "x"});
+    addr.send(Command::Send(SendTurn {
+        request_id: "r2".into(),
+        content: "hi".into(),
+        models: vec!["nope".into()],
+        params: ok.as_object().cloned(),
+    }))
+    .await
+    .unwrap()
+    .unwrap();
+    idle(&addr).await;
+    assert_eq!(sink.kinds()[1], "ack");
+}
