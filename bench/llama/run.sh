@@ -2,7 +2,7 @@
 # The multi-turn routing workload, scaled down, against three real llama.cpp servers
 # (`llama-server --parallel 2`), through round-robin, least-loaded and the full policy.
 #
-# Needs llama-server and tiny.gguf as built by ../shared/tools/llama-tiny/build.sh (this script
+# Needs a llama.cpp llama-server and a GGUF model (bench/README.md says what we use; this script
 # never builds them: that takes minutes of both cores). Looks in $LLAMA_DIR (default
 # target/llama-tiny): $LLAMA_DIR/bin/llama-server and $LLAMA_DIR/tiny.gguf.
 #
@@ -34,7 +34,7 @@ BASE_PORT="${BASE_PORT:-18200}"
 
 if [[ ! -x "$SERVER" ]]; then
     echo "SKIP: llama-server not found at $SERVER"
-    echo "      build it with: bash ../shared/tools/llama-tiny/build.sh (≈ 6 min), or set LLAMA_SERVER"
+    echo "      set LLAMA_SERVER=/path/to/llama-server and LLAMA_MODEL=/path/to/model.gguf (see bench/README.md)"
     exit 77
 fi
 if [[ ! -f "$MODEL" ]]; then

@@ -1,7 +1,7 @@
 //! The real-server routing run (`bench/llama/run.sh`), scaled down to a smoke test: three
 //! `llama-server --parallel 2` behind switchboard, every policy, no failed request, and the
 //! full policy's servers report prefix-cache hits (`timings.cache_n`). Runs only where
-//! llama-server and the release builds exist (`../shared/tools/llama-tiny/build.sh`,
+//! llama-server and the release builds exist (see bench/README.md, "Real llama.cpp servers";
 //! `cargo build --release -p switchboard -p bench`); elsewhere, CI included, it prints SKIP and
 //! passes, because building llama.cpp takes minutes of both cores.
 
