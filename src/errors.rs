@@ -143,7 +143,7 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             Some("model_not_found"),
-            format!("The model `{model}` does not exist: no backend is registered for it"),
+            RouteError::UnknownModel.message(model),
         );
         e.param = Some("model".into());
         e
@@ -211,7 +211,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             Some("no_healthy_backend"),
-            format!("no healthy backend is available for model `{model}`"),
+            RouteError::NoHealthyBackend.message(model),
         );
         e.retry_after = Some(5);
         e
@@ -300,34 +300,23 @@ impl From<JsonError> for ApiError {
     }
 }
 
-/// Maps a routing failure for `model` to 404 / 503.
+/// Maps a routing failure for `model` to 404 / 503 (503 `all_backends_busy` with `Retry-After`
+/// when every backend is at its `max_concurrency` and the queue is full or the wait timed out).
 pub fn route_error(err: RouteError, model: &str) -> ApiError {
     match err {
         RouteError::UnknownModel => ApiError::model_not_found(model),
         RouteError::NoHealthyBackend => ApiError::no_healthy_backend(model),
-        RouteError::Busy {
-            retry_after_s,
-            timed_out,
-        } => all_backends_busy(model, retry_after_s, timed_out),
+        RouteError::Busy { retry_after_s, .. } => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some(err.code()),
+                err.message(model),
+            );
+            e.retry_after = Some(retry_after_s);
+            e
+        }
     }
-}
-
-/// 503 `all_backends_busy` with `Retry-After` (SPEC §2.1): every backend of the model is at
-/// its `max_concurrency` and the queue is full or the wait in it timed out.
-pub fn all_backends_busy(model: &str, retry_after_s: u64, timed_out: bool) -> ApiError {
-    let why = if timed_out {
-        "the wait in its queue timed out"
-    } else {
-        "its queue is full"
-    };
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_error",
-        Some("all_backends_busy"),
-        format!("every backend of model `{model}` is at its max_concurrency and {why}; retry in {retry_after_s} s"),
-    );
-    e.retry_after = Some(retry_after_s);
-    e
 }
 
 impl From<AdminError> for ApiError {

@@ -255,31 +255,9 @@ async fn run(spec: StreamSpec, session: Recipient<StreamEvent>) -> StopReason {
     StopReason::UpstreamError
 }
 
-/// Tells the session why no backend took the turn.
+/// Tells the session why no backend took the turn (the words `/v1` uses too).
 fn route_failed(out: &Emitter, model: &str, e: RouteError) {
-    match e {
-        RouteError::UnknownModel => out.error(
-            "model_not_found",
-            format!("no backend is registered for model `{model}`"),
-            false,
-        ),
-        RouteError::NoHealthyBackend => out.error(
-            "no_healthy_backend",
-            format!("no healthy backend for model `{model}`"),
-            true,
-        ),
-        RouteError::Busy {
-            retry_after_s,
-            timed_out,
-        } => out.error(
-            "all_backends_busy",
-            format!(
-                "every backend of model `{model}` is at its max_concurrency and {}; retry in {retry_after_s} s",
-                if timed_out { "the wait in its queue timed out" } else { "its queue is full" }
-            ),
-            true,
-        ),
-    }
+    out.error(e.code(), e.message(model), e.retryable());
 }
 
 /// The points of a turn's prompt for prefix affinity: each message as it is sent upstream.

@@ -286,6 +286,43 @@ pub enum RouteError {
     Busy { retry_after_s: u64, timed_out: bool },
 }
 
+impl RouteError {
+    /// The error code, the same on `/v1` (`error.code`) and in a session's `error` event.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownModel => "model_not_found",
+            Self::NoHealthyBackend => "no_healthy_backend",
+            Self::Busy { .. } => "all_backends_busy",
+        }
+    }
+
+    /// What the client is told about `model`, the same on `/v1` and in sessions.
+    pub fn message(&self, model: &str) -> String {
+        match self {
+            Self::UnknownModel => {
+                format!("The model `{model}` does not exist: no backend is registered for it")
+            }
+            Self::NoHealthyBackend => format!("no healthy backend is available for model `{model}`"),
+            Self::Busy {
+                retry_after_s,
+                timed_out,
+            } => format!(
+                "every backend of model `{model}` is at its max_concurrency and {}; retry in {retry_after_s} s",
+                if *timed_out {
+                    "the wait in its queue timed out"
+                } else {
+                    "its queue is full"
+                }
+            ),
+        }
+    }
+
+    /// Whether trying again later can succeed (an unknown model stays unknown).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Self::UnknownModel)
+    }
+}
+
 /// The shared table. Readers clone an `Arc` under a read lock held for nanoseconds.
 #[derive(Default)]
 pub struct RoutingTable {

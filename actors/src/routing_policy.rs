@@ -138,7 +138,7 @@ impl RoutingMetrics {
     /// Appends the decision counters and the prefix-match histogram (Prometheus text).
     pub fn render(&self, out: &mut String) {
         let m = self;
-        let _ = writeln!(out, "# HELP switchboard_route_decisions_total Routing decisions by kind (SPEC 2.1).\n# TYPE switchboard_route_decisions_total counter");
+        let _ = writeln!(out, "# HELP switchboard_route_decisions_total Routing decisions by kind (affinity, prefix, least-loaded, failover, round-robin).\n# TYPE switchboard_route_decisions_total counter");
         for kind in RouteKind::ALL {
             let n = m.decisions(kind);
             let _ = writeln!(
