@@ -166,6 +166,21 @@ impl Broker {
         self.logs.lock().clone()
     }
 
+    /// Waits up to `timeout` for a log line containing `needle`. The broker writes its log
+    /// through a flusher thread, so a line may land just after the response it explains.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs.lock().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Registers `model` at `endpoint` and returns the record (asserts 201).
     pub async fn register(&self, model: &str, endpoint: &str) -> Value {
         let (status, body) = self

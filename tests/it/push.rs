@@ -469,7 +469,13 @@ async fn failing_callbacks_answer_502_and_504() {
     let (status, body) = request("GET", &format!("{}/push/slow", broker.url), &[], None).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(started.elapsed() < Duration::from_secs(7));
-    assert!(broker.logs().contains("timed out"), "{}", broker.logs());
+    assert!(
+        broker
+            .wait_for_log("timed out", Duration::from_secs(2))
+            .await,
+        "{}",
+        broker.logs()
+    );
     let token = app.with_action("connect")[0].body["token"]
         .as_str()
         .unwrap()
