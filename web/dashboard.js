@@ -1,7 +1,8 @@
 // The admin dashboard (/dashboard): summary cards, servers table with live refresh, server detail
 // with its health history chart, register / edit / delete / force check / activate, models view
 // and a playground for /v1/chat/completions. Everything goes through the admin API (SPEC §3.1)
-// with the admin key from sessionStorage in `X-API-Key`.
+// with the admin key from sessionStorage in `X-API-Key`. The chart (health-chart.js), the backup
+// card (backup.js) and the playground (playground.js) are their own scripts, wired below.
 //
 // Server-provided text (model names, URLs, errors, model output) is only inserted as text
 // (textContent / text nodes); charts are SVG built with createElementNS; nothing is inline.
@@ -9,29 +10,15 @@
   'use strict';
 
   const KEY_ADMIN = 'switchboard.admin_key';
-  const KEY_CLIENT = 'switchboard.client_key';
   const $ = (id) => document.getElementById(id);
 
   // ---------------------------------------------------------------------------------------------
   // Helpers
 
-  const { h, svg } = window.SwitchboardDom;
-  function fmtMs(ms) {
-    if (ms === null || ms === undefined || !isFinite(ms)) return '—';
-    if (ms < 1000) return `${Math.round(ms)} ms`;
-    return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
-  }
-  function fmtAgo(ts) {
-    if (!ts) return 'never';
-    const s = Math.max(0, Math.round((Date.now() - ts) / 1000));
-    if (s < 60) return `${s} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-    return `${Math.floor(s / 86400)} d ago`;
-  }
-  function fmtTime(ts) {
-    return ts ? new Date(ts).toLocaleString() : '—';
-  }
+  const { h } = window.SwitchboardDom;
+  const { renderHealthHistory } = window.SwitchboardHealthChart;
+  const { KEY_CLIENT } = window.SwitchboardPlayground;
+  const { fmtMs, fmtAgo, fmtTime, stored, store } = window.SwitchboardCommon;
   function fmtRate(r) {
     return r === null || r === undefined ? '—' : `${Math.round(r * 100)} %`;
   }
@@ -42,16 +29,12 @@
     if (s < 172800) return `up ${Math.floor(s / 3600)} h`;
     return `up ${Math.floor(s / 86400)} d`;
   }
-  function getStore(k) { try { return sessionStorage.getItem(k); } catch (_) { return null; } }
-  function setStore(k, v) {
-    try { if (v) sessionStorage.setItem(k, v); else sessionStorage.removeItem(k); } catch (_) { /* ignore */ }
-  }
 
   class ApiError extends Error {
     constructor(status, message, body) { super(message); this.status = status; this.body = body; }
   }
 
-  let adminKey = getStore(KEY_ADMIN);
+  let adminKey = stored(KEY_ADMIN);
   let backoffUntil = 0;
 
   /** Calls the admin API; throws ApiError with the server's message on a non-2xx answer. */
@@ -82,7 +65,7 @@
 
   function lock(message) {
     adminKey = null;
-    setStore(KEY_ADMIN, null);
+    store(KEY_ADMIN, null);
     $('app').hidden = true;
     $('key-gate').hidden = false;
     $('forget-key').hidden = true;
@@ -104,7 +87,7 @@
       }
       return;
     }
-    setStore(KEY_ADMIN, key);
+    store(KEY_ADMIN, key);
     if (pendingDetail) { const id = pendingDetail; pendingDetail = null; openDetail(id); }
     $('key-gate').hidden = true;
     $('app').hidden = false;
@@ -363,7 +346,7 @@
       $(id).disabled = !!s.demo;
       $(id).title = s.demo ? 'built-in demo entries cannot be changed' : '';
     }
-    renderHistory(s.health_history || []);
+    renderHealthHistory({ chart: $('history-chart'), summary: $('history-summary'), errors: $('history-errors') }, s.health_history || []);
   }
 
   /** A value with a copy button (registration id, URL). */
@@ -391,43 +374,6 @@
     try { ok = document.execCommand('copy'); } catch (_) { ok = false; }
     ta.remove();
     return ok;
-  }
-
-  /** Health history: one bar per check, height = latency (failed checks: full red bar). */
-  function renderHistory(history) {
-    const box = $('history-chart');
-    const n = history.length;
-    const ok = history.filter((c) => c.ok).length;
-    $('history-summary').textContent = n ? `${ok} of ${n} checks ok` : '';
-    if (!n) {
-      box.replaceChildren(h('p', { class: 'muted' }, 'No checks yet.'));
-      $('history-errors').replaceChildren();
-      return;
-    }
-    const W = Math.max(280, Math.round(box.clientWidth || 600));
-    const H = 90;
-    const slots = Math.max(n, 60);
-    const bw = W / slots;
-    const maxLat = Math.max(1, ...history.map((c) => c.latency_ms || 0));
-    const chart = svg('svg', { viewBox: `0 0 ${W} ${H + 14}`, class: 'history-svg', role: 'img', 'aria-label': `health history: ${ok} of ${n} checks ok` });
-    chart.append(svg('line', { x1: 0, y1: H, x2: W, y2: H, class: 'axis' }));
-    history.forEach((c, i) => {
-      const x = (slots - n + i) * bw;
-      const height = c.ok ? Math.max(3, (H - 4) * ((c.latency_ms || 0) / maxLat)) : H - 4;
-      const title = svg('title');
-      title.textContent = `${fmtTime(c.time)} · ${c.kind || 'check'} · ${c.ok ? 'ok' : 'failed'} · ${fmtMs(c.latency_ms)}${c.error ? ` · ${c.error}` : ''}`;
-      chart.append(svg('rect', { x: x + bw * 0.15, y: H - height, width: Math.max(1, bw * 0.7), height, rx: 1, class: c.ok ? 'bar-ok' : 'bar-fail', 'data-ok': String(c.ok) }, title));
-    });
-    const label = svg('text', { x: 2, y: 10, class: 'chart-label' });
-    label.textContent = `max ${fmtMs(maxLat)}`;
-    const older = svg('text', { x: 2, y: H + 12, class: 'chart-label' });
-    older.textContent = fmtAgo(history[0].time);
-    const newer = svg('text', { x: W - 2, y: H + 12, class: 'chart-label end' });
-    newer.textContent = 'now';
-    chart.append(label, older, newer);
-    box.replaceChildren(chart);
-    const failures = history.filter((c) => !c.ok).slice(-5).reverse();
-    $('history-errors').replaceChildren(...failures.map((c) => h('li', null, h('span', { class: 'muted' }, `${fmtTime(c.time)} · ${c.kind || 'check'}: `), c.error || 'failed')));
   }
 
   async function detailAction(label, fn) {
@@ -611,7 +557,7 @@
   async function refreshModels() {
     try {
       const headers = {};
-      const ck = getStore(KEY_CLIENT);
+      const ck = stored(KEY_CLIENT);
       if (ck) headers.Authorization = `Bearer ${ck}`;
       const r = await fetch('/v1/models', { headers, cache: 'no-store' });
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
@@ -674,198 +620,10 @@
   $('models-health').addEventListener('change', renderModels);
 
   // ---------------------------------------------------------------------------------------------
-  // Backup: export / import (SPEC §3.2.1)
+  // Backup (backup.js) and the playground (playground.js)
 
-  function backupResult(kind, text) {
-    const out = $('backup-result');
-    out.dataset.state = kind;
-    out.textContent = text;
-  }
-
-  $('export').addEventListener('click', async () => {
-    const keys = $('export-keys').checked;
-    backupResult('pending', 'Exporting…');
-    try {
-      const doc = await api('GET', `/admin/export${keys ? '?include_keys=true' : ''}`);
-      const n = doc && Array.isArray(doc.servers) ? doc.servers.length : 0;
-      const url = URL.createObjectURL(new Blob([JSON.stringify(doc, null, 2)], { type: 'application/json' }));
-      const a = h('a', { href: url, download: `switchboard-export-${new Date().toISOString().slice(0, 10)}.json` });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
-      backupResult('ok', `Exported ${n} server${n === 1 ? '' : 's'}${keys ? ' with their API keys — keep the file safe' : ' (without API keys)'}.`);
-    } catch (e) {
-      backupResult('fail', `Export failed: ${e.status === 404 || e.status === 405 ? 'this broker has no export route yet' : e.message}`);
-    }
-  });
-
-  $('import-file').addEventListener('change', async () => {
-    const file = $('import-file').files && $('import-file').files[0];
-    $('import-file').value = '';
-    if (!file) return;
-    let doc;
-    try {
-      doc = JSON.parse(await file.text());
-    } catch (e) {
-      backupResult('fail', `Import failed: ${file.name} is not JSON (${e.message}).`);
-      return;
-    }
-    backupResult('pending', `Importing ${file.name}…`);
-    try {
-      const r = await api('POST', '/admin/import', doc);
-      backupResult('ok', `Imported ${file.name}: ${r && r.created !== undefined ? r.created : '?'} created, ${r && r.skipped !== undefined ? r.skipped : '?'} skipped (already registered).`);
-      await Promise.all([refreshServers(), refreshStats()]);
-    } catch (e) {
-      backupResult('fail', `Import failed, nothing was stored: ${e.message}`);
-    }
-  });
-
-  // ---------------------------------------------------------------------------------------------
-  // Playground
-
-  let pgAbort = null;
-
-  function pgSet(id, text) { $(id).textContent = text; }
-
-  async function playground() {
-    const model = $('pg-model').value;
-    const message = $('pg-message').value.trim();
-    if (!model || !message) { pgError(!model ? 'Pick a model.' : 'Write a message.'); return; }
-    const stream = $('pg-stream').checked;
-    const clientKey = $('pg-client-key').value.trim();
-    setStore(KEY_CLIENT, clientKey || null);
-    const messages = [];
-    if ($('pg-system').value.trim()) messages.push({ role: 'system', content: $('pg-system').value.trim() });
-    messages.push({ role: 'user', content: message });
-    const body = { model, messages, stream };
-    if ($('pg-temperature').value !== '') body.temperature = Number($('pg-temperature').value);
-    if ($('pg-max-tokens').value !== '') body.max_tokens = Math.floor(Number($('pg-max-tokens').value));
-    if (stream) body.stream_options = { include_usage: true };
-    const headers = { 'Content-Type': 'application/json' };
-    if (clientKey) headers.Authorization = `Bearer ${clientKey}`;
-
-    pgAbort = new AbortController();
-    $('pg-send').disabled = true;
-    $('pg-stop').disabled = false;
-    $('pg-output').textContent = '';
-    $('pg-tools').hidden = true;
-    $('pg-tools').replaceChildren();
-    $('pg-error').hidden = true;
-    ['pg-ttft', 'pg-total', 'pg-tokens', 'pg-tps'].forEach((id) => pgSet(id, '—'));
-    pgSet('pg-status', '…');
-    pgSet('pg-backend', '—');
-    pgSet('pg-request-id', '—');
-    const t0 = performance.now();
-    const ticker = setInterval(() => pgSet('pg-total', fmtMs(performance.now() - t0)), 100);
-    let firstAt = null;
-    let usage = null;
-    const tools = [];
-    try {
-      const r = await fetch('/v1/chat/completions', { method: 'POST', headers, body: JSON.stringify(body), signal: pgAbort.signal });
-      pgSet('pg-status', String(r.status));
-      $('pg-status').dataset.ok = String(r.ok);
-      showBackend(r.headers.get('X-Switchboard-Backend'));
-      pgSet('pg-request-id', r.headers.get('X-Request-Id') || '—');
-      const ctype = r.headers.get('Content-Type') || '';
-      if (!r.ok) {
-        const text = await r.text();
-        let msg = text;
-        try { msg = JSON.parse(text).error.message; } catch (_) { /* raw text */ }
-        throw new Error(msg || `HTTP ${r.status}`);
-      }
-      if (ctype.includes('text/event-stream') && r.body) {
-        const reader = r.body.getReader();
-        const dec = new TextDecoder();
-        let buf = '';
-        let finished = false;
-        while (!finished) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buf += dec.decode(value, { stream: true });
-          let cut;
-          while ((cut = buf.search(/\r?\n\r?\n/)) >= 0) {
-            const block = buf.slice(0, cut);
-            buf = buf.slice(cut).replace(/^\r?\n\r?\n/, '');
-            const data = block.split(/\r?\n/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n');
-            if (!data) continue;
-            if (data === '[DONE]') { finished = true; break; }
-            let chunk;
-            try { chunk = JSON.parse(data); } catch (_) { continue; }
-            if (chunk.error) throw new Error(chunk.error.message || 'stream error');
-            if (chunk.usage) usage = chunk.usage;
-            const choice = chunk.choices && chunk.choices[0];
-            const delta = choice && (choice.delta || choice.message);
-            if (!delta) continue;
-            if (delta.content) {
-              if (firstAt === null) { firstAt = performance.now(); pgSet('pg-ttft', fmtMs(firstAt - t0)); }
-              $('pg-output').append(delta.content);
-            }
-            for (const tc of delta.tool_calls || []) {
-              if (firstAt === null) { firstAt = performance.now(); pgSet('pg-ttft', fmtMs(firstAt - t0)); }
-              const i = tc.index ?? tools.length;
-              const slot = tools[i] || (tools[i] = { name: '', arguments: '' });
-              if (tc.function && tc.function.name) slot.name = tc.function.name;
-              if (tc.function && tc.function.arguments) slot.arguments += tc.function.arguments;
-              renderPgTools(tools);
-            }
-          }
-        }
-      } else {
-        const j = await r.json();
-        firstAt = performance.now();
-        pgSet('pg-ttft', 'n/a');
-        usage = j.usage || null;
-        const msg = j.choices && j.choices[0] && j.choices[0].message;
-        if (msg && msg.content) $('pg-output').append(msg.content);
-        for (const tc of (msg && msg.tool_calls) || []) tools.push({ name: tc.function && tc.function.name, arguments: tc.function && tc.function.arguments });
-        renderPgTools(tools);
-      }
-      const total = performance.now() - t0;
-      pgSet('pg-total', fmtMs(total));
-      if (usage) {
-        const decode = firstAt !== null && stream ? (performance.now() - firstAt) : total;
-        pgSet('pg-tokens', `${usage.prompt_tokens ?? '—'} / ${usage.completion_tokens ?? '—'}`);
-        if (usage.completion_tokens && decode > 0) pgSet('pg-tps', (usage.completion_tokens / (decode / 1000)).toFixed(1));
-      }
-    } catch (e) {
-      if (e.name === 'AbortError') pgError('Stopped.');
-      else pgError(e.message);
-      pgSet('pg-total', fmtMs(performance.now() - t0));
-    } finally {
-      clearInterval(ticker);
-      pgAbort = null;
-      $('pg-send').disabled = false;
-      $('pg-stop').disabled = true;
-    }
-  }
-
-  function showBackend(id) {
-    const el = $('pg-backend');
-    if (!id) { el.textContent = '—'; return; }
-    const s = servers.find((x) => x.registration_id === id);
-    el.replaceChildren(h('code', { title: id }, id.slice(0, 8)), s ? ` (${s.endpoint_url})` : '');
-    el.dataset.backend = id;
-  }
-
-  function renderPgTools(tools) {
-    const box = $('pg-tools');
-    box.hidden = !tools.length;
-    box.replaceChildren(h('div', { class: 'tools-title' }, `Tool calls (${tools.length})`),
-      ...tools.map((t) => h('div', { class: 'tool done' }, h('span', { class: 'tool-name' }, t.name || '(tool)'), h('code', { class: 'tool-args' }, t.arguments || ''))));
-  }
-
-  function pgError(text) {
-    $('pg-error').hidden = false;
-    $('pg-error').textContent = text;
-  }
-
-  $('pg-form').addEventListener('submit', (e) => { e.preventDefault(); playground(); });
-  $('pg-stop').addEventListener('click', () => { if (pgAbort) pgAbort.abort(); });
-  $('pg-message').addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); playground(); }
-  });
-  $('pg-client-key').value = getStore(KEY_CLIENT) || '';
+  window.SwitchboardBackup.attach({ api, onImported: () => Promise.all([refreshServers(), refreshStats()]) });
+  window.SwitchboardPlayground.attach({ serverUrl: (id) => (servers.find((x) => x.registration_id === id) || {}).endpoint_url || null });
 
   // ---------------------------------------------------------------------------------------------
   // Live refresh

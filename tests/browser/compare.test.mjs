@@ -100,7 +100,8 @@ test('compare: HTML and script in a reply are shown as text, never run', async (
   const created = await page.evaluate(() => document.querySelectorAll('[data-testid=panels] script, [data-testid=panels] img, [data-testid=panels] *[onerror]').length);
   assert.equal(created, 0, 'no element was created from the reply');
   assert.deepEqual(await page.locator('script').evaluateAll((els) => els.map((e) => e.getAttribute('src'))),
-    ['/static/dom.js', '/static/timeline.js', '/static/compare.js'], 'only the page\'s own scripts are on the page');
+    ['/static/dom.js', '/static/common.js', '/static/timeline-data.js', '/static/timeline.js', '/static/panels.js',
+      '/static/connection.js', '/static/compare.js'], 'only the page\'s own scripts are on the page');
   await sleep(300);
   assert.deepEqual(dialogs, [], 'no alert ran');
   assert.deepEqual(problems, []);
