@@ -20,6 +20,7 @@
 //! - [`sse_parser`]: the incremental Server-Sent-Events parser for upstream streams.
 //! - [`openai_stream`]: OpenAI chunk stream → text, tool calls, usage (both tool-call styles).
 //! - [`json`]: the one JSON-body parser; errors name the offending field.
+//! - [`memory_release`]: freed memory back to the OS after many sessions or connections end.
 //! - [`events`]: the session wire format shared by the WebSocket and SSE transports.
 //! - [`buffer`]: the per-session resume buffer (bounded in events and bytes).
 //! - [`history`]: per-model conversation history, trimmed by turns and tokens.
@@ -53,6 +54,7 @@ pub mod endpoint;
 pub mod events;
 pub mod history;
 pub mod json;
+pub mod memory_release;
 pub mod metrics;
 pub mod model_queue;
 pub mod model_stream;

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use actix::prelude::*;
 use parking_lot::{Mutex, RwLock};
 
+use crate::memory_release::MEMORY_RELEASE;
 use crate::metrics::{Histogram, LATENCY_BUCKETS_US};
 use crate::model_stream::StopReason;
 use crate::record::now_ms;
@@ -236,6 +237,7 @@ impl Sessions {
     /// Called by a session as it stops.
     pub(crate) fn remove(&self, id: &str) {
         self.map.write().remove(id);
+        MEMORY_RELEASE.note_ended();
     }
 
     /// The shared counters (also updated by sessions).
@@ -332,5 +334,6 @@ impl Drop for ConnectionSlot {
             .counters
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+        MEMORY_RELEASE.note_ended();
     }
 }

@@ -55,6 +55,7 @@ async fn memory(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
         "session_count": state.sessions.count(),
         "connections": state.sessions.open_connections(),
         "streams_in_flight": in_flight,
+        "memory_releases": switchboard_actors::memory_release::MEMORY_RELEASE.releases(),
     })))
 }
 

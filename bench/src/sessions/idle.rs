@@ -34,6 +34,13 @@ pub(super) struct IdleOutcome {
     /// RSS with each reconnect round's connections open.
     pub(super) rss_reconnected_kb: Vec<Option<u64>>,
     pub(super) rss_closed_again_kb: Option<u64>,
+    /// The session TTL of the expiry check, when it ran.
+    pub(super) expire_ttl_s: Option<u64>,
+    /// RSS once every session has expired (memory comes back?).
+    pub(super) rss_expired_kb: Option<u64>,
+    /// Seconds from the last close until `/debug/memory` showed no session.
+    pub(super) expired_after_s: Option<f64>,
+    pub(super) memory_expired: Option<Value>,
     pub(super) memory_idle: Option<Value>,
     pub(super) memory_closed: Option<Value>,
     /// Connections the server ended while they were idle (code/reason → count).
@@ -218,10 +225,12 @@ pub(super) async fn phase_idle(
     concurrency: usize,
     hold_s: u64,
     rounds: u32,
+    expire_ttl_s: Option<u64>,
 ) -> IdleOutcome {
     let mut out = IdleOutcome {
         wanted: n,
         hold_s,
+        expire_ttl_s,
         ..IdleOutcome::default()
     };
     let pid = sb.pid();
@@ -285,5 +294,38 @@ pub(super) async fn phase_idle(
         settle().await;
     }
     out.rss_closed_again_kb = vm_rss_kb(pid);
+    if let Some(ttl) = expire_ttl_s {
+        wait_for_expiry(sb, ttl, &mut out).await;
+    }
     out
+}
+
+/// Waits until the broker holds no session (each expires `ttl` seconds after its last
+/// connection closed), lets it settle, and reads RSS.
+async fn wait_for_expiry(sb: &Switchboard, ttl: u64, out: &mut IdleOutcome) {
+    eprintln!("  [expire] waiting for every session to expire (TTL {ttl} s)");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(ttl * 2 + 60);
+    loop {
+        let memory = get_json(sb, "/debug/memory").await;
+        let left = memory
+            .as_ref()
+            .and_then(|m| m.get("session_count"))
+            .and_then(Value::as_u64);
+        if left == Some(0) {
+            out.expired_after_s = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        if Instant::now() >= deadline {
+            note(
+                &mut out.problems,
+                format!("sessions left after {} s: {left:?}", ttl * 2 + 60),
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    out.rss_expired_kb = vm_rss_kb(sb.pid());
+    out.memory_expired = get_json(sb, "/debug/memory").await;
 }

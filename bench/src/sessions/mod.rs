@@ -92,6 +92,11 @@ pub struct SessionsArgs {
     /// Times every idle session is resumed on a new connection afterwards (leak check) [default: 3, quick 1].
     #[arg(long)]
     pub reconnect_rounds: Option<u32>,
+    /// Memory-comes-back check: the broker runs with `SWITCHBOARD_SESSION_TTL_S` = this, and
+    /// after the reconnect rounds the idle phase waits until every session has expired, then
+    /// reads RSS again (compare with RSS before the connections came). Off by default (TTL 1800 s).
+    #[arg(long)]
+    pub expire_ttl_s: Option<u64>,
     /// Cancel probes [default: 50, quick 10].
     #[arg(long)]
     pub cancel_tries: Option<u32>,

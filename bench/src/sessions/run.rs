@@ -92,11 +92,14 @@ pub async fn run(
             sb_path.display()
         ));
     }
-    let extra_env = [
+    let mut extra_env = vec![
         ("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "0".to_string()),
         ("SWITCHBOARD_MAX_SESSIONS", "20000".to_string()),
         ("SWITCHBOARD_EVENT_BUFFER", args.event_buffer.to_string()),
     ];
+    if let Some(ttl) = args.expire_ttl_s {
+        extra_env.push(("SWITCHBOARD_SESSION_TTL_S", ttl.to_string()));
+    }
     let mut sb = Switchboard::start(&SwitchboardOpts {
         binary: &sb_path,
         workers: args.proxy_workers,
@@ -141,7 +144,15 @@ pub async fn run(
                     .reconnect_rounds
                     .unwrap_or(if q { 1 } else { 3 })
                     .min(20);
-                let o = phase_idle(&sb, idle_n, args.connect_concurrency, hold, rounds).await;
+                let o = phase_idle(
+                    &sb,
+                    idle_n,
+                    args.connect_concurrency,
+                    hold,
+                    rounds,
+                    args.expire_ttl_s,
+                )
+                .await;
                 idle = Some(o);
             }
             "fanout" | "paced" => {
@@ -285,7 +296,7 @@ pub async fn run(
             &mut out,
             "RSS per idle connection (KB)",
             fmt_opt(per_conn),
-            "target < 20",
+            "target ≤ 10 (incl. its session)",
         );
         if o.hold_s > 0 {
             row(
@@ -330,6 +341,27 @@ pub async fn run(
                 &mut out,
                 "reconnect: RSS after closing (MB)",
                 fmt_opt(mb(o.rss_closed_again_kb)),
+                "",
+            );
+        }
+        if let Some(ttl) = o.expire_ttl_s {
+            let back = match (o.rss_expired_kb, o.rss_before_kb) {
+                (Some(a), Some(b)) if b > 0 => {
+                    let change = (a as f64 - b as f64) * 100.0 / b as f64;
+                    format!("({change:+.0} % of before the connections; target ≤ +20 %)")
+                }
+                _ => String::new(),
+            };
+            row(
+                &mut out,
+                &format!("RSS, all sessions expired (TTL {ttl} s) (MB)"),
+                fmt_opt(mb(o.rss_expired_kb)),
+                &back,
+            );
+            row(
+                &mut out,
+                "expired: seconds until no session was left",
+                fmt_opt(o.expired_after_s),
                 "",
             );
         }
@@ -381,6 +413,10 @@ pub async fn run(
                 "reconnect_failed": o.reconnect_failed,
                 "rss_reconnected_kb": o.rss_reconnected_kb,
                 "rss_closed_again_kb": o.rss_closed_again_kb,
+                "expire_ttl_s": o.expire_ttl_s,
+                "rss_expired_kb": o.rss_expired_kb,
+                "expired_after_s": o.expired_after_s,
+                "debug_memory_expired": o.memory_expired,
                 "rss_per_connection_kb": per_conn,
                 "debug_memory_idle": o.memory_idle,
                 "debug_memory_closed": o.memory_closed,
