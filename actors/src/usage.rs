@@ -3,10 +3,19 @@
 //! estimate when it reports none.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 
 use memchr::memmem;
 
 use crate::events::Usage;
+
+/// The searchers of the two needles every relayed chunk is scanned for, built once:
+/// `memmem::find_iter` / `memmem::rfind` would build (and throw away) one per chunk, which
+/// showed in the stream profile (`Searcher::new`, `FinderBuilder::build_reverse`).
+static DATA_FIELD: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"data:"));
+static USAGE_KEY: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
 
 /// Tokens one backend served, by kind and by whether the broker estimated them. Lives on the
 /// backend's routing handle, so its labels are registered names only.
@@ -51,7 +60,7 @@ pub struct UsageWatch {
 impl UsageWatch {
     /// Looks at the next relayed chunk.
     pub fn feed(&mut self, chunk: &[u8]) {
-        self.data_events += memmem::find_iter(chunk, b"data:").count() as u64;
+        self.data_events += DATA_FIELD.find_iter(chunk).count() as u64;
         if let Some(found) = find_usage(chunk) {
             self.reported = Some(found);
         }
@@ -87,7 +96,7 @@ impl UsageWatch {
 /// `(prompt_tokens, completion_tokens)` of a `"usage":{…}` object in `bytes`, if a whole one is
 /// there. `completion_tokens` is 0 when absent (embeddings report prompt tokens only).
 pub fn find_usage(bytes: &[u8]) -> Option<(u64, u64)> {
-    let start = memmem::rfind(bytes, b"\"usage\"")?;
+    let start = USAGE_KEY.rfind(bytes)?;
     let rest = &bytes[start + 7..];
     let rest = skip_ws(rest).strip_prefix(b":")?;
     let object = skip_ws(rest).strip_prefix(b"{")?;
