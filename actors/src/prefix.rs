@@ -10,9 +10,6 @@
 //! Bounds: at most [`PREFIX_ENTRIES_PER_BACKEND`] points per backend (about 2.5 MiB: a map entry
 //! and an eviction-queue entry per point), oldest evicted first; at most [`MAX_POINTS`] per prompt.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::recent::Recent;
 
 /// A long message contributes a point every this many bytes (~128 tokens of English).
@@ -101,27 +98,6 @@ impl PromptSig {
         self.points.is_empty()
     }
 }
-
-/// Keys are already hashes: hashing them again would only cost time.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A map keyed by a hash that is used as is.
-pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// One backend's index. Owned by its [`crate::routing::BackendHandle`] behind a mutex held for
 /// one lookup or one insert.

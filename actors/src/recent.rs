@@ -6,9 +6,29 @@
 //! the oldest and removes the key only if that stamp is still its latest (a key set again since
 //! is skipped). The queue is trimmed to twice the capacity so stale entries cannot grow it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::prefix::HashKeyed;
+/// Keys are already hashes: hashing them again would only cost time.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by a hash that is used as is.
+pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// See the module docs.
 pub struct Recent<V> {
