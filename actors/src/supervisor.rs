@@ -255,6 +255,13 @@ impl HealthSupervisor {
         self.backends.get(&id).ok_or(AdminError::NotFound(id))
     }
 
+    /// What a handler that asks server `id`'s actor takes into its future: the actor, its live
+    /// counters and whether it is a demo entry.
+    fn actor_of(&self, id: Uuid) -> Result<(Addr<Backend>, Arc<BackendHandle>, bool), AdminError> {
+        self.entry(id)
+            .map(|e| (e.addr.clone(), Arc::clone(&e.handle), e.demo))
+    }
+
     fn duplicate_of(&self, model: &str, url: &str, except: Option<Uuid>) -> Option<Uuid> {
         self.backends.iter().find_map(|(id, e)| {
             let r = e.record.read();
@@ -601,12 +608,9 @@ impl Handler<ForceCheck> for HealthSupervisor {
     type Result = ResponseFuture<Result<ServerView, AdminError>>;
 
     fn handle(&mut self, ForceCheck(id): ForceCheck, _: &mut Self::Context) -> Self::Result {
-        let entry = match self.entry(id) {
-            Ok(e) => (e.addr.clone(), Arc::clone(&e.handle), e.demo),
-            Err(err) => return Box::pin(async move { Err(err) }),
-        };
+        let actor = self.actor_of(id);
         Box::pin(async move {
-            let (addr, handle, demo) = entry;
+            let (addr, handle, demo) = actor?;
             let record = addr
                 .send(CheckNow {
                     kind: CheckKind::Manual,
@@ -633,12 +637,9 @@ impl Handler<ActivateServer> for HealthSupervisor {
         ActivateServer(id): ActivateServer,
         _: &mut Self::Context,
     ) -> Self::Result {
-        let entry = match self.entry(id) {
-            Ok(e) => (e.addr.clone(), Arc::clone(&e.handle), e.demo),
-            Err(err) => return Box::pin(async move { Err(err) }),
-        };
+        let actor = self.actor_of(id);
         Box::pin(async move {
-            let (addr, handle, demo) = entry;
+            let (addr, handle, demo) = actor?;
             let record = addr
                 .send(Activate)
                 .await
