@@ -12,6 +12,7 @@
 //! - [`affinity`]: thread → backend, bounded, for warm prompt caches.
 //! - [`recent`]: the bounded, least-recently-set-first map behind both kinds of affinity.
 //! - [`prefix`]: the approximate per-backend prefix index behind prefix affinity.
+//! - [`response_framing`]: upstream responses whose body ends at the close, read as HTTP/1.1 says.
 //! - [`upstream`]: the per-thread HTTP client (policy-checking resolver) and the health probe.
 //! - [`attempt`]: one upstream attempt and the failover between backends (gateway and sessions).
 //! - [`backend`]: one actor per server: its health checks, failure policy and record.
@@ -65,6 +66,7 @@ pub mod push;
 pub mod recent;
 pub mod record;
 pub mod registry;
+pub mod response_framing;
 pub mod router;
 pub mod routing;
 pub mod routing_policy;

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use actix_rt::net::TcpStream;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, Resolve, Resolver};
 use awc::http::Uri;
-use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
+use futures_util::future::{ready, Either, LocalBoxFuture, MapOk, Ready};
+use futures_util::TryFutureExt;
 
 use crate::endpoint::Endpoint;
+use crate::response_framing::CloseDelimited;
 use crate::routing::BackendHandle;
 use crate::url_policy;
 
@@ -62,16 +64,26 @@ impl Resolve for PolicyResolver {
     }
 }
 
-/// The TCP connector with the policy applied to IP literal hosts: the connector dials those
-/// without asking the resolver, so [`PolicyResolver`] alone would let `http://127.0.0.1`
-/// (say, from a record stored in local mode) through in public mode.
+/// A connection to a backend as awc reads it (see [`CloseDelimited`]).
+type UpstreamConnection = Connection<Uri, CloseDelimited<TcpStream>>;
+
+/// The TCP connector awc dials backends with. It applies the policy to IP literal hosts: the
+/// connector dials those without asking the resolver, so [`PolicyResolver`] alone would let
+/// `http://127.0.0.1` (say, from a record stored in local mode) through in public mode. And it
+/// reads every connection through [`CloseDelimited`], so a body that ends at the close is not
+/// lost.
 #[derive(Clone)]
-struct LiteralPolicy<S> {
+struct UpstreamTcp<S> {
     inner: S,
     allow_private: bool,
 }
 
-impl<S> actix_service::Service<ConnectInfo<Uri>> for LiteralPolicy<S>
+fn read_through_framing(conn: Connection<Uri, TcpStream>) -> UpstreamConnection {
+    let (tcp, uri) = conn.into_parts();
+    Connection::new(uri, CloseDelimited::new(tcp))
+}
+
+impl<S> actix_service::Service<ConnectInfo<Uri>> for UpstreamTcp<S>
 where
     S: actix_service::Service<
         ConnectInfo<Uri>,
@@ -79,9 +91,13 @@ where
         Error = ConnectError,
     >,
 {
-    type Response = Connection<Uri, TcpStream>;
+    type Response = UpstreamConnection;
     type Error = ConnectError;
-    type Future = Either<Ready<Result<Self::Response, ConnectError>>, S::Future>;
+    #[allow(clippy::type_complexity)]
+    type Future = Either<
+        Ready<Result<Self::Response, ConnectError>>,
+        MapOk<S::Future, fn(Connection<Uri, TcpStream>) -> UpstreamConnection>,
+    >;
 
     actix_service::forward_ready!(inner);
 
@@ -95,7 +111,11 @@ where
                 }
             }
         }
-        Either::Right(self.inner.call(req))
+        Either::Right(
+            self.inner
+                .call(req)
+                .map_ok(read_through_framing as fn(_) -> _),
+        )
     }
 }
 
@@ -106,7 +126,7 @@ pub fn build_client(cfg: &UpstreamConfig) -> awc::Client {
     let resolver = Resolver::custom(PolicyResolver {
         allow_private: cfg.allow_private,
     });
-    let tcp = LiteralPolicy {
+    let tcp = UpstreamTcp {
         inner: actix_tls::connect::Connector::new(resolver).service(),
         allow_private: cfg.allow_private,
     };

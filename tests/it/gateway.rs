@@ -700,3 +700,92 @@ async fn completions_and_embeddings_are_proxied() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
 }
+
+/// A backend written by hand, as small SSE servers often are: `/v1/models` with a
+/// `Content-Length` on a kept-alive connection, and completions in HTTP/1.1 with neither a
+/// length nor chunking, the body ending when it closes the connection.
+fn close_delimited_backend() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut conn = conn;
+                loop {
+                    let mut head = String::new();
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0u8; length];
+                    reader.read_exact(&mut body).expect("body");
+                    if head.starts_with("GET /v1/models") {
+                        let json =
+                            r#"{"object":"list","data":[{"id":"handmade","object":"model"}]}"#;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                            json.len()
+                        );
+                        conn.write_all(answer.as_bytes()).expect("write");
+                        continue;
+                    }
+                    let stream = String::from_utf8_lossy(&body).contains("\"stream\":true");
+                    let answer = if stream {
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n\
+                         data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hand\"}}]}\n\n\
+                         data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"made\"}}]}\n\n\
+                         data: [DONE]\n\n"
+                    } else {
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n\
+                         {\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"handmade\"}}]}"
+                    };
+                    let _ = conn.write_all(answer.as_bytes());
+                    return; // the close ends the body
+                }
+            });
+        }
+    });
+    url
+}
+
+#[actix_rt::test]
+async fn a_body_that_ends_when_the_backend_closes_is_relayed_whole() {
+    let broker = Broker::start(&[]);
+    let backend = close_delimited_backend();
+    let reg = broker.register("handmade", &backend).await;
+    for stream in [true, false, true] {
+        let (status, _, body) = request_raw(
+            "POST",
+            &format!("{}/v1/chat/completions", broker.url),
+            &[],
+            Some(chat("handmade", stream)),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::OK, "stream={stream}: {text}");
+        if stream {
+            assert!(text.contains("\"content\":\"hand\""), "{text}");
+            assert!(text.contains("\"content\":\"made\""), "{text}");
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        } else {
+            let v: Value = serde_json::from_slice(&body).expect("whole JSON body");
+            assert_eq!(v["choices"][0]["message"]["content"], "handmade", "{v}");
+        }
+    }
+    let rec = broker
+        .server(reg["registration_id"].as_str().unwrap_or(""))
+        .await;
+    assert_eq!(rec["health_status"], "healthy", "{rec}");
+}
