@@ -79,6 +79,9 @@ pub struct Session {
     buffer: EventBuffer,
     /// The id the next turn event gets; ids start at 1.
     next_id: u64,
+    /// The highest id the stored copy on disk accounts for: an event is issued only below it, so
+    /// a restart after a crash never issues an id twice (see `persist.rs`).
+    ids_stored_through: u64,
     connections: HashMap<u64, Box<dyn ConnectionSink>>,
     history: History,
     turn: Option<Turn>,
@@ -107,6 +110,7 @@ impl Session {
             buffer: EventBuffer::new(settings.event_buffer, MAX_BUFFER_BYTES),
             settings,
             next_id: 1,
+            ids_stored_through: 0,
             connections: HashMap::new(),
             history: History::default(),
             turn: None,
@@ -127,6 +131,9 @@ impl Session {
 
     /// Numbers, buffers and fans out one turn event; returns its `ts`.
     fn emit(&mut self, body: EventBody) -> u64 {
+        if self.next_id > self.ids_stored_through {
+            self.reserve_ids();
+        }
         let event = Encoded::new(Some(self.next_id), &body);
         if self.restored && self.first_live_id.is_none() {
             self.first_live_id = Some(self.next_id);
@@ -281,10 +288,9 @@ impl Session {
             self.last_turn = Some(turn);
         }
         self.touch();
-        // On disk before `complete` goes out: a client that saw a turn end finds it after a
-        // crash (SPEC §4.4). Its id is not stored; a resuming client's `last_event_id` moves
-        // the numbering past it (see `continue_after`).
-        self.persist_durable();
+        // On disk before `complete` goes out, its id included: a client that saw a turn end
+        // finds it after a crash (SPEC §4.4).
+        self.persist_durable_before(1);
         self.emit(EventBody::Complete {
             request_id: request_id.as_str().into(),
         });
@@ -399,7 +405,7 @@ impl Actor for Session {
         self.directory.remove(&self.id);
         match self.end_reason {
             // Shutdown, or stopped with its arbiter: a redeploy resumes it.
-            Some(StopReason::Shutdown) | None => self.persist(),
+            Some(StopReason::Shutdown) | None => self.persist_final(),
             // Expired, evicted or ended: gone from disk too.
             Some(_) => self.forget(),
         }
@@ -544,7 +550,7 @@ impl Handler<Command> for Session {
                 self.cancel(None, StopReason::Cancelled);
                 self.history.clear();
                 self.last_turn = None;
-                self.persist_durable();
+                self.persist_durable_before(1);
                 self.emit(EventBody::Cleared {});
                 log::info!("session_id={} cleared", self.id);
                 Ok(())

@@ -301,3 +301,87 @@ async fn a_turn_whose_complete_was_seen_survives_an_immediate_kill9() {
         );
     }
 }
+
+/// After a crash, ids are never reissued, even when another tab acts before the client that
+/// saw them comes back (SPEC §4.2: `(session_id, id)` names a position). Between turns they
+/// continue exactly; a `cleared` that was seen counts too.
+#[actix_rt::test]
+async fn ids_are_never_reissued_after_kill9_even_when_another_tab_sends_first() {
+    let m = mock();
+    let mut broker = Broker::start(&[]);
+    let rec = broker
+        .admin_json(
+            "POST",
+            "/admin/register",
+            Some(json!({"model_name": "thread", "endpoint_url": m.url(), "upstream_model": "long-spaced-w300"})),
+        )
+        .await
+        .1;
+    let id = rec["registration_id"].as_str().unwrap_or("").to_string();
+
+    // Tab A sees the start of a turn; the broker is killed mid-turn.
+    let (mut a, sid) = Ws::new_session(&broker.url).await;
+    a.send(send_msg("t1", "a long answer please", &["thread"]))
+        .await;
+    let mut view = View::default();
+    while view.of("token", Some("thread")).len() < 3 {
+        let ev = a.event().await;
+        view.apply(&ev);
+    }
+    let seen = view.last_id;
+    broker.kill9();
+    broker.restart();
+
+    // Tab B sends the next turn over SSE before tab A is back.
+    scenario(&broker, &id, "fast-d1").await;
+    let (status, body) = post(
+        &broker.url,
+        &format!("/api/sessions/{sid}/messages"),
+        json!({"request_id": "t2", "content": "next", "models": ["thread"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = wait_for(Duration::from_secs(10), || async {
+        let (_, state) = broker
+            .call("GET", &format!("/api/sessions/{sid}"), &[], None)
+            .await;
+        state["busy"] == false && state["turn"]["request_id"] == "t2"
+    })
+    .await;
+    assert!(done.is_some(), "turn t2 ended");
+
+    // Tab A comes back from where it was: t2 is not hidden behind ids it already saw.
+    let mut a = Ws::connect(&broker.url).await;
+    a.send(json!({"type": "hello", "session_id": sid, "last_event_id": seen}))
+        .await;
+    let s = a.event().await;
+    assert_eq!(s["type"], "session", "{s}");
+    let next = a.event().await;
+    assert_eq!(next["type"], "resync", "{next}");
+    assert_eq!(next["request_id"], "t2", "{next}");
+    assert_eq!(next["snapshot"]["thread"]["state"], "done", "{next}");
+    let (_, state) = broker
+        .call("GET", &format!("/api/sessions/{sid}"), &[], None)
+        .await;
+    let last = state["last_event_id"].as_u64().unwrap_or(0);
+    assert!(
+        last > seen,
+        "t2's ids come after what tab A saw: {last} vs {seen}"
+    );
+
+    // A `cleared` that was seen survives a crash between turns, and ids continue right after it.
+    a.send(json!({"type": "clear"})).await;
+    let cleared = until_kind(&mut a, "cleared").await;
+    let cleared_id = cleared["id"].as_u64().unwrap_or(0);
+    assert!(cleared_id > last, "{cleared}");
+    broker.kill9();
+    broker.restart();
+    let mut a = Ws::connect(&broker.url).await;
+    a.send(json!({"type": "hello", "session_id": sid, "last_event_id": cleared_id}))
+        .await;
+    let s = a.event().await;
+    assert_eq!(s["last_event_id"].as_u64(), Some(cleared_id), "{s}");
+    a.send(send_msg("t3", "again", &["thread"])).await;
+    let ack = until_kind(&mut a, "ack").await;
+    assert_eq!(ack["id"].as_u64(), Some(cleared_id + 1), "{ack}");
+}

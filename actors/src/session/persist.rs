@@ -1,12 +1,19 @@
 //! A session's stored copy (SPEC §4.4): what is written (see `session_store` for when and
 //! how), and how a session is rebuilt from it after a restart.
 //!
+//! Ids: an id must never name two events, and nothing is written per token. So the stored last
+//! id is a bound, not a count. At rest (a turn's end, `clear`, the session's end) it is exact,
+//! and it is on disk before the event it includes (`complete`, `cleared`) goes out. When an
+//! event would pass it (the `ack` of a new turn), the session first stores a bound
+//! [`ID_RESERVE`] ids ahead, flushed, and issues ids under it. A restart after a crash
+//! mid-turn therefore continues after that bound: the interrupted turn's ids were seen by
+//! clients but never written, and they are skipped, not reissued. After a clean stop or a crash
+//! between turns, ids continue exactly after the last one.
+//!
 //! Resuming a rebuilt session: its buffer holds nothing from before the restart, so a client
 //! that has seen no event since gets a `resync` built from the stored last turn (a turn that
-//! was in flight shows `interrupted`). New ids continue after the stored last id, or after
-//! the resuming client's own last id when that is higher: the events of the interrupted turn
-//! after its stored start were seen by clients but never written, and an id must never name
-//! two events.
+//! was in flight shows `interrupted`). If a resuming client's own last id is higher than the
+//! stored bound (a store from before this scheme), ids continue after the client's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +27,11 @@ use crate::record::now_ms;
 use crate::session_store::{StoredRun, StoredSession, StoredTurn};
 use crate::sessions::Sessions;
 use crate::timeline::TokenTimeline;
+
+/// Ids a turn may use beyond the stored copy before it is stored again. A crash mid-turn skips
+/// at most this many ids; a turn longer than this stores a new bound (one flush per this many
+/// events).
+pub const ID_RESERVE: u64 = 1 << 20;
 
 impl RunState {
     fn parse(s: &str) -> Self {
@@ -99,6 +111,7 @@ impl Session {
             buffer: EventBuffer::new(settings.event_buffer, MAX_BUFFER_BYTES),
             settings,
             next_id: stored.last_event_id + 1,
+            ids_stored_through: stored.last_event_id,
             connections: HashMap::new(),
             history: stored.history,
             turn: None,
@@ -118,7 +131,7 @@ impl Session {
         StoredSession {
             id: self.id.clone(),
             created_at: self.created_at,
-            last_event_id: self.last_event_id(),
+            last_event_id: self.ids_stored_through.max(self.last_event_id()),
             last_active_ms: now_ms()
                 .saturating_sub(u64::try_from(self.last_active.elapsed().as_millis()).unwrap_or(0)),
             history: self.history.clone(),
@@ -126,16 +139,34 @@ impl Session {
         }
     }
 
-    /// Writes the stored copy (turn start and end, clear, shutdown).
+    /// Writes the stored copy (turn start: the turn, so a crash shows it `interrupted`).
     pub(super) fn persist(&self) {
         if let Some(store) = self.directory.store() {
             store.save(&self.stored());
         }
     }
 
-    /// [`Session::persist`], flushed to disk before it returns: called before the event that
-    /// tells clients about it (`complete`, `cleared`) goes out.
-    pub(super) fn persist_durable(&self) {
+    /// Writes the stored copy when the session ends (shutdown, or its arbiter stopped): no id
+    /// follows, so the bound is exact.
+    pub(super) fn persist_final(&mut self) {
+        self.ids_stored_through = self.last_event_id();
+        self.persist();
+    }
+
+    /// Writes the stored copy, exact up to the `upcoming` events about to be issued, and flushes
+    /// it before returning: for the points a client is told about (a turn's `complete`,
+    /// `cleared`), so what it saw survives `kill -9`.
+    pub(super) fn persist_durable_before(&mut self, upcoming: u64) {
+        self.ids_stored_through = self.last_event_id() + upcoming;
+        if let Some(store) = self.directory.store() {
+            store.save_durable(&self.stored());
+        }
+    }
+
+    /// Stores (flushed) a bound [`ID_RESERVE`] ids ahead, before an id past the stored one is
+    /// issued: a new turn's `ack`, or a turn that used up its reserve.
+    pub(super) fn reserve_ids(&mut self) {
+        self.ids_stored_through = self.last_event_id() + ID_RESERVE;
         if let Some(store) = self.directory.store() {
             store.save_durable(&self.stored());
         }
