@@ -22,7 +22,7 @@ use switchboard_actors::session::{
     Attach, CloseReason, ConnectionSink, Detach, End, GetState, Session,
 };
 use switchboard_actors::sessions::{ConnectionSlot, SessionsError};
-use tokio::time::{interval_at, Instant, Interval};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::errors::ApiError;
 use crate::http::request::read_body;
@@ -223,12 +223,15 @@ async fn events(
         "connection_id={conn_id} session_id={} ip={ip} SSE attached",
         path.as_str()
     );
+    let mut heartbeat = interval_at(
+        Instant::now() + state.liveness.sse_heartbeat,
+        state.liveness.sse_heartbeat,
+    );
+    // A stream that was not polled for a while sends one heartbeat, not a burst of them.
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let body = SseBody {
         queue,
-        heartbeat: interval_at(
-            Instant::now() + state.liveness.sse_heartbeat,
-            state.liveness.sse_heartbeat,
-        ),
+        heartbeat,
         detach: Some((addr, conn_id)),
         _slot: slot,
         ip,
@@ -322,13 +325,11 @@ impl Stream for SseBody {
         // Whatever is queued, batched into one write; the end once the queue is finished
         // (closed by the session, over its limit) and drained.
         match this.queue.poll_batch(cx) {
-            Poll::Ready(Some(batch)) => {
-                this.heartbeat.reset();
-                return Poll::Ready(Some(Ok(batch.bytes)));
-            }
+            Poll::Ready(Some(batch)) => return Poll::Ready(Some(Ok(batch.bytes))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
+        // Every interval, busy or not (SPEC §5 "every 10 s"), as on the WebSocket.
         if this.heartbeat.poll_tick(cx).is_ready() {
             let hb = Encoded::new(None, &EventBody::Heartbeat {});
             return Poll::Ready(Some(Ok(Bytes::from(hb.sse_frame()))));

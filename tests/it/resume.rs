@@ -422,10 +422,13 @@ pub(crate) async fn sse_read(
                 v["type"].as_str(),
                 "event: matches type"
             );
-            assert_eq!(
-                ev.id.as_ref().and_then(|i| i.parse::<u64>().ok()),
-                v["id"].as_u64()
-            );
+            // An event without an id (a heartbeat) keeps the stream's last id, as SSE says.
+            if v["id"].is_u64() {
+                assert_eq!(
+                    ev.id.as_ref().and_then(|i| i.parse::<u64>().ok()),
+                    v["id"].as_u64()
+                );
+            }
             frames.push((v["id"].as_u64(), ev.event.clone().unwrap_or_default()));
             view.apply(&v);
             if until(view, &v) {
@@ -720,4 +723,36 @@ async fn a_resync_snapshot_carries_the_token_arrival_times() {
     assert_eq!(got("token_offsets_ms"), offsets);
     assert_eq!(got("token_lens"), lens);
     assert_eq!(tl["ended_ms"].as_u64(), Some(done - ack));
+}
+
+/// SSE heartbeats come every interval while a turn streams too (SPEC §5 "every 10 s"), not
+/// only after silence.
+#[actix_rt::test]
+async fn sse_heartbeats_keep_their_interval_while_events_stream() {
+    let broker = Broker::start(&[("SWITCHBOARD_SSE_HEARTBEAT_S", "1")]);
+    let m = mock();
+    let model = "hb-d100-w35";
+    broker.register(model, &m.url()).await;
+    let (status, created) = post(&broker.url, "/api/sessions", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let sid = created["session_id"].as_str().unwrap_or("").to_string();
+    let (status, body) = post(
+        &broker.url,
+        &format!("/api/sessions/{sid}/messages"),
+        json!({"request_id": "h1", "content": "go", "models": [model]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut view = View::default();
+    let frames = sse_read(&broker.url, &sid, Some(0), &mut view, |_, v| {
+        v["type"] == "complete"
+    })
+    .await;
+    let tokens = frames.iter().filter(|(_, e)| e == "token").count();
+    let beats = frames.iter().filter(|(_, e)| e == "heartbeat").count();
+    assert!(tokens >= 30, "the turn streamed: {frames:?}");
+    assert!(
+        beats >= 2,
+        "a heartbeat every second of a 3.5 s stream: {beats} in {frames:?}"
+    );
 }
