@@ -531,11 +531,19 @@ impl Handler<Command> for Session {
         match cmd {
             Command::Send(send) => self.start_turn(send, ctx),
             Command::Cancel { request_id, model } => {
-                let current = self.turn.as_ref().map(|t| t.request_id.clone());
-                if current.as_deref() != Some(request_id.as_str()) {
+                let Some(turn) = self.turn.as_ref().filter(|t| t.request_id == request_id) else {
                     return Err(CommandError::new(
                         Refusal::NotFound,
                         format!("no turn `{request_id}` is in flight"),
+                    ));
+                };
+                if let Some(m) = model
+                    .as_deref()
+                    .filter(|m| !turn.models.iter().any(|t| t == m))
+                {
+                    return Err(CommandError::new(
+                        Refusal::NotFound,
+                        format!("model `{m}` is not part of turn `{request_id}`"),
                     ));
                 }
                 log::info!(

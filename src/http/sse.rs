@@ -111,8 +111,18 @@ async fn run_command(state: &AppState, id: &str, cmd: Command) -> Result<(), Api
         .map_err(ApiError::from)
 }
 
+/// A command body this transport refuses: 400 with the code a WebSocket client gets for the
+/// same mistake (`invalid_message`); the message and `param` still name what was wrong.
+fn invalid_message(e: ApiError) -> ApiError {
+    if e.status == actix_web::http::StatusCode::BAD_REQUEST && e.code.is_none() {
+        e.with_code("invalid_message")
+    } else {
+        e
+    }
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    Ok(switchboard_actors::json::from_slice(body)?)
+    switchboard_actors::json::from_slice(body).map_err(|e| invalid_message(e.into()))
 }
 
 /// The `send` body: a [`SendTurn`] whose `type` may be present (the same JSON as over WS) or
@@ -126,7 +136,8 @@ struct SendBody {
 fn parse_send(body: &[u8]) -> Result<SendBody, ApiError> {
     let mut map: serde_json::Map<String, serde_json::Value> = parse(body)?;
     let kind = map.remove("type");
-    let send = switchboard_actors::json::from_value(serde_json::Value::Object(map))?;
+    let send = switchboard_actors::json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| invalid_message(e.into()))?;
     Ok(SendBody { kind, send })
 }
 
@@ -141,11 +152,13 @@ async fn send(
     let body = read_body(&req, payload, state.proxy.max_body_bytes).await?;
     let b = parse_send(&body)?;
     if b.kind.is_some_and(|k| k != "send") {
-        return Err(ApiError::invalid("`type`, when given, must be \"send\""));
+        return Err(invalid_message(ApiError::invalid(
+            "`type`, when given, must be \"send\"",
+        )));
     }
     let request_id = b.send.request_id.clone();
     let command = Command::Send(b.send);
-    untrusted(command.check_untrusted())?;
+    untrusted(command.check_untrusted()).map_err(invalid_message)?;
     run_command(&state, &path, command).await?;
     Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
 }
@@ -161,7 +174,7 @@ async fn cancel(
     let b: CancelFields = parse(&body)?;
     let request_id = b.request_id.clone();
     let command = Command::from(b);
-    untrusted(command.check_untrusted())?;
+    untrusted(command.check_untrusted()).map_err(invalid_message)?;
     run_command(&state, &path, command).await?;
     Ok(HttpResponse::Accepted().json(json!({"request_id": request_id})))
 }
@@ -176,9 +189,36 @@ async fn clear(
     Ok(HttpResponse::Accepted().json(json!({"cleared": true})))
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    last_event_id: Option<u64>,
+/// Where an SSE client resumes: the `Last-Event-ID` header, else `?last_event_id=`. A value
+/// that is not an event id is refused, naming it, instead of silently starting over.
+fn resume_position(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    let bad = |param: &str, value: &str| {
+        let mut e = invalid_message(ApiError::invalid(format!(
+            "{param} must be an event id (a whole number), not `{value}`"
+        )));
+        e.param = Some(param.into());
+        e
+    };
+    if let Some(header) = req.headers().get("last-event-id") {
+        let value = header.to_str().unwrap_or("").trim();
+        if !value.is_empty() {
+            return value
+                .parse()
+                .map(Some)
+                .map_err(|_| bad("Last-Event-ID", value));
+        }
+    }
+    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    match query.iter().find(|(k, _)| k == "last_event_id") {
+        Some((_, v)) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| bad("last_event_id", v)),
+        _ => Ok(None),
+    }
 }
 
 async fn events(
@@ -196,15 +236,7 @@ async fn events(
         crate::auth::rate_limited(&req, &state, crate::credentials::Surface::Sessions, 5);
         ApiError::rate_limited("too many session connections from this address", 5)
     })?;
-    let from_header = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let from_query = web::Query::<EventsQuery>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.last_event_id);
-    let last_event_id = from_header.or(from_query);
+    let last_event_id = resume_position(&req)?;
 
     let conn_id = state.sessions.next_connection_id();
     // Past `SWITCHBOARD_OUTBOUND_LIMIT_BYTES` queued, the client is a slow consumer: its

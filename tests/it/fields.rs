@@ -101,3 +101,53 @@ async fn gateway_and_session_bodies_name_the_wrong_field() {
         other => panic!("expected an error event, got {other:?}"),
     }
 }
+
+/// The SSE transport's command routes refuse a bad body with the code a WebSocket client gets
+/// for the same mistake, and a resume position that is not an event id is named, not ignored.
+#[actix_rt::test]
+async fn sse_commands_and_resume_positions_are_refused_as_invalid_message() {
+    let broker = Broker::start(&[]);
+    let (status, body) = broker.call("POST", "/api/sessions", &[], None).await;
+    assert!(status.is_success(), "{status} {body}");
+    let sid = body["session_id"].as_str().expect("session id").to_string();
+    let cases = [
+        ("messages", "xx".to_string()),
+        ("messages", String::new()),
+        (
+            "messages",
+            json!({"type": "cancel", "request_id": "r"}).to_string(),
+        ),
+        (
+            "messages",
+            json!({"request_id": "a\u{7}", "content": "x", "models": ["m"]}).to_string(),
+        ),
+        ("cancel", "{".to_string()),
+    ];
+    for (route, raw) in cases {
+        let (status, body) = broker
+            .call(
+                "POST",
+                &format!("/api/sessions/{sid}/{route}"),
+                &[],
+                Some(raw.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{route} {raw:?}: {body}");
+        assert_eq!(
+            body["error"]["code"], "invalid_message",
+            "{route} {raw:?}: {body}"
+        );
+    }
+    let events = format!("/api/sessions/{sid}/events");
+    let (status, body) = broker
+        .call("GET", &format!("{events}?last_event_id=abc"), &[], None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(param(&body), "last_event_id", "{body}");
+    let (status, body) = broker
+        .call("GET", &events, &[("last-event-id", "-4")], None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(param(&body), "Last-Event-ID", "{body}");
+    assert!(message(&body).contains("-4"), "{body}");
+}

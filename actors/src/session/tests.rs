@@ -232,6 +232,23 @@ async fn first_output_streams_then_cancel_stops_the_model_and_keeps_its_partial_
         vec!["session", "ack", "ttft", "token", "token"]
     );
 
+    // A cancel naming a model the turn does not have is refused, naming it, and stops nothing.
+    let other = addr
+        .send(Command::Cancel {
+            request_id: "r1".into(),
+            model: Some("not-in-the-turn".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(other.refusal.code(), "not_found");
+    assert!(
+        other.message.contains("not-in-the-turn"),
+        "{}",
+        other.message
+    );
+    assert_eq!(sink.kinds().len(), 5);
+
     // Cancel: `cancelled`, then `complete`; the stream is stopped (it leaves the queue).
     addr.send(Command::Cancel {
         request_id: "r1".into(),
