@@ -238,6 +238,18 @@ impl ApiError {
         )
     }
 
+    /// 503 for a new request while the server drains (a redeploy): retry against the next one.
+    pub fn draining() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("shutdown"),
+            "the server is shutting down and takes no new requests (retry)",
+        );
+        e.retry_after = Some(5);
+        e
+    }
+
     /// 500 for our own failure (storage).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(

@@ -49,7 +49,7 @@ pub async fn gate(
         let resp = if req.path() == "/health" {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
         } else {
-            ApiError::shutting_down().error_response()
+            ApiError::draining().error_response()
         };
         return Ok(req.into_response(resp));
     }
