@@ -46,6 +46,8 @@ use crate::state::AppState;
 
 /// How long a new connection has to send `hello` (close 4400 after).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a connection still waiting for its `hello` looks for a drain.
+const HELLO_CHECK: Duration = Duration::from_millis(250);
 /// Largest frame accepted from a client (close 1009 above).
 const MAX_FRAME: usize = 1024 * 1024;
 
@@ -176,6 +178,26 @@ impl WsConnection {
                 ctx.stop();
             } else {
                 Self::watch_silence(ctx, limit - silent);
+            }
+        });
+    }
+
+    /// Until `hello` arrives: close with 4400 when `left` runs out, and with 1001 as soon as
+    /// the server starts draining (the session directory closes only attached connections).
+    /// A few checks in the first seconds of a connection, none after its `hello`.
+    fn await_hello(ctx: &mut WebsocketContext<Self>, left: Duration) {
+        let step = HELLO_CHECK.min(left);
+        ctx.run_later(step, move |act, ctx| {
+            if act.session.is_some() {
+                return;
+            }
+            if act.state.sessions.is_draining() {
+                let reason = EngineClose::ShuttingDown;
+                act.close_with(ctx, close::code(reason), reason.message());
+            } else if left <= step {
+                act.close_with(ctx, close::BAD_HELLO, "no hello within 5 s");
+            } else {
+                Self::await_hello(ctx, left - step);
             }
         });
     }
@@ -388,11 +410,7 @@ impl Actor for WsConnection {
             return;
         }
         log::info!("{} connected", self.label());
-        ctx.run_later(HELLO_TIMEOUT, |act, ctx| {
-            if act.session.is_none() {
-                act.close_with(ctx, close::BAD_HELLO, "no hello within 5 s");
-            }
-        });
+        Self::await_hello(ctx, HELLO_TIMEOUT);
         let liveness = self.state.liveness;
         Self::watch_silence(ctx, liveness.ws_silence_timeout);
         ctx.run_interval(liveness.ws_heartbeat, |act, ctx| {

@@ -28,11 +28,14 @@ async fn sigterm_during_a_streaming_turn_sends_1001_exits_0_and_keeps_registrati
     let proxied = actix_rt::spawn(async move {
         request_raw("POST", &url, &[], Some(chat("long-spaced-w200", true))).await
     });
+    // And a WebSocket that has not sent its `hello` yet: it is told too.
+    let mut silent = Ws::connect(&broker.url).await;
     actix_rt::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
     broker.terminate();
     assert_eq!(ws.close_code(Duration::from_secs(3)).await, Some(1001));
+    assert_eq!(silent.close_code(Duration::from_secs(1)).await, Some(1001));
     let code = broker.wait_exit(Duration::from_secs(6));
     assert_eq!(code, Some(0), "exit code; logs:\n{}", broker.logs());
     assert!(
