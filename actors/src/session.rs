@@ -239,9 +239,15 @@ impl Session {
             .cloned()
             .collect();
         let request_id = turn.request_id.clone();
+        // A turn cut by the shutdown is `interrupted` after the restart, as one cut by a crash.
+        let state = if reason == StopReason::Shutdown {
+            RunState::Interrupted
+        } else {
+            RunState::Cancelled
+        };
         for m in &targets {
             if let Some(run) = turn.runs.get_mut(m) {
-                run.state = RunState::Cancelled;
+                run.state = state;
                 if let Some(stream) = run.stream.take() {
                     stream.do_send(StopStream(reason));
                 }
@@ -310,7 +316,9 @@ impl Session {
         }
         self.grace = Some(ctx.run_later(self.settings.disconnect_grace, |act, _| {
             act.grace = None;
-            if act.connections.is_empty() && act.turn.is_some() {
+            // While the server drains, its own closes are why nobody is attached: the drain
+            // ends the turn (as `interrupted`), not the grace.
+            if act.connections.is_empty() && act.turn.is_some() && !act.directory.is_draining() {
                 log::info!(
                     "session_id={} disconnect grace expired; cancelling the turn",
                     act.id

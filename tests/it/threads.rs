@@ -385,3 +385,43 @@ async fn ids_are_never_reissued_after_kill9_even_when_another_tab_sends_first() 
     let ack = until_kind(&mut a, "ack").await;
     assert_eq!(ack["id"].as_u64(), Some(cleared_id + 1), "{ack}");
 }
+
+/// A turn cut by a graceful shutdown (the drain timed out) comes back `interrupted`, like one
+/// cut by a crash (SPEC §4.4), even when the disconnect grace is shorter than the drain.
+#[actix_rt::test]
+async fn a_turn_cut_by_a_graceful_shutdown_comes_back_interrupted() {
+    let model = "cut-spaced-w300";
+    let m = mock();
+    let mut broker = Broker::start(&[
+        ("SWITCHBOARD_DRAIN_TIMEOUT_S", "2"),
+        ("SWITCHBOARD_DISCONNECT_GRACE_S", "1"),
+    ]);
+    broker.register(model, &m.url()).await;
+    let (mut ws, sid) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("c1", "a long one", &[model])).await;
+    let mut view = View::default();
+    while view.of("token", Some(model)).len() < 3 {
+        let ev = ws.event().await;
+        view.apply(&ev);
+    }
+    broker.terminate();
+    assert_eq!(ws.close_code(Duration::from_secs(5)).await, Some(1001));
+    assert_eq!(broker.wait_exit(Duration::from_secs(30)), Some(0));
+    broker.restart();
+    let mut ws = Ws::connect(&broker.url).await;
+    ws.send(json!({"type": "hello", "session_id": sid, "last_event_id": view.last_id}))
+        .await;
+    let s = ws.event().await;
+    assert_eq!(s["resumed"], true, "{s}");
+    let resync = ws.event().await;
+    assert_eq!(resync["type"], "resync", "{resync}");
+    assert_eq!(
+        resync["snapshot"][model]["state"], "interrupted",
+        "{resync}"
+    );
+    let text = resync["snapshot"][model]["content"].as_str().unwrap_or("");
+    assert!(
+        !text.is_empty(),
+        "what streamed before the cut is kept: {resync}"
+    );
+}
