@@ -108,6 +108,12 @@ impl RoutingTable {
         let deadline = started + self.settings.queue_timeout;
         loop {
             if ticket.is_first() {
+                // Decide on the membership as it is now: an update or a registration rebuilds
+                // the table (and wakes the queue) while this request waits. The queue itself
+                // is kept across rebuilds, so the ticket stays in line.
+                let Some(route) = self.snapshot().get(req.model).cloned() else {
+                    return Err(RouteError::UnknownModel);
+                };
                 match self.pick(&route, req) {
                     Pick::Got(guard, kind) => {
                         let waited = started.elapsed();

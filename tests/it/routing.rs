@@ -588,3 +588,41 @@ async fn a_session_turn_that_finds_every_backend_busy_gets_an_all_backends_busy_
     assert_eq!(error["retryable"], true);
     assert_eq!(m.server_stats().expect("stats").requests, 1);
 }
+
+/// An update of a model's only server (a new description, a new limit) rebuilds the routing
+/// table while requests wait in the model's queue: they stay in line and are served, not
+/// failed with `no_healthy_backend`.
+#[actix_rt::test]
+async fn a_request_waiting_in_the_queue_survives_an_update_of_the_server() {
+    let m = counting_mock();
+    let broker = Broker::start(&[("SWITCHBOARD_QUEUE_TIMEOUT_S", "15")]);
+    let model = "held-ttft1500";
+    let id = register_limited(&broker, model, &m.url(), Some(1)).await;
+    let body = || json!({"model": model, "messages": [{"role": "user", "content": "x"}]});
+    let holder = actix_rt::spawn({
+        let url = broker.url.clone();
+        let b = body().to_string();
+        async move {
+            request("POST", &format!("{url}/v1/chat/completions"), &[], Some(b))
+                .await
+                .0
+        }
+    });
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let waiting = chat_call(&broker, body());
+    let update = async {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        let (status, rec) = broker
+            .admin_json(
+                "PUT",
+                &format!("/admin/register/{id}"),
+                Some(json!({"description": "renamed while busy"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{rec}");
+    };
+    let ((status, backend, _, answer), ()) = futures_util::future::join(waiting, update).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(backend, id);
+    assert_eq!(holder.await.expect("holder"), StatusCode::OK);
+}
