@@ -11,7 +11,9 @@
 //! other byte moves. Everything else passes through untouched. A response head is held back
 //! only until it is complete; body bytes go straight through. Anything it cannot follow (TLS
 //! bytes, a malformed head or chunk) switches it to plain pass-through for the rest of the
-//! connection, which is exactly awc's own behaviour.
+//! connection, which is exactly awc's own behaviour. It sits under TLS (awc adds TLS on top of
+//! the TCP connector), so it fixes plain-HTTP backends; an `https://` backend's bytes are
+//! ciphertext here and pass through, as before.
 //!
 //! It assumes the broker never sends `HEAD` upstream (it does not: the routes it relays are
 //! `POST` and `GET`), since a `HEAD` answer announces a length it does not send.
@@ -44,8 +46,14 @@ enum State {
 /// Where the reader is in a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Reading a chunk-size line: the size so far, and whether an extension (`;…`) began.
-    Size { size: u64, digits: u8, ext: bool },
+    /// Reading a chunk-size line: the size so far, its significant hex digits, whether any
+    /// digit came, and whether an extension (`;…`) began.
+    Size {
+        size: u64,
+        digits: u8,
+        any: bool,
+        ext: bool,
+    },
     /// This many data bytes of the current chunk are left.
     Data(u64),
     /// The line end after a chunk's data.
@@ -57,6 +65,7 @@ enum Chunk {
 const CHUNK_START: Chunk = Chunk::Size {
     size: 0,
     digits: 0,
+    any: false,
     ext: false,
 };
 
@@ -90,20 +99,25 @@ impl<T> CloseDelimited<T> {
             match self.state {
                 State::PassThrough => return bytes.len(),
                 State::Head => {
+                    // Empty lines before a status line are skipped by awc's parser too.
+                    if matches!(bytes[at], b'\r' | b'\n') {
+                        at += 1;
+                        continue;
+                    }
                     let rest = &mut bytes[at..];
                     if !is_http_prefix(rest) {
                         self.state = State::PassThrough;
                         continue;
                     }
-                    let Some(end) = memchr::memmem::find(rest, b"\r\n\r\n") else {
+                    let Some(end) = head_end(rest) else {
                         if rest.len() > MAX_HEAD {
                             self.state = State::PassThrough;
                             continue;
                         }
                         return at;
                     };
-                    self.state = after_head(&mut rest[..end + 4]);
-                    at += end + 4;
+                    self.state = after_head(&mut rest[..end]);
+                    at += end;
                 }
                 _ => at += self.track(&bytes[at..]),
             }
@@ -156,17 +170,16 @@ impl<T> CloseDelimited<T> {
     }
 }
 
-/// The state after a complete head, rewriting an HTTP/1.1 close-delimited status line.
+/// The state after a complete head, rewriting an HTTP/1.1 close-delimited status line. The
+/// framing rules are awc's (actix-http's response decoder), so both read the same bytes as
+/// the body: chunking (HTTP/1.1 only), else a length, else none for 1xx, 204 and 304, else
+/// to the close.
 fn after_head(head: &mut [u8]) -> State {
     let Some(info) = parse_head(head) else {
         return State::PassThrough;
     };
     match info {
         HeadInfo { status: 101, .. } => State::PassThrough,
-        HeadInfo {
-            status: 100..=199 | 204 | 304,
-            ..
-        } => State::Head,
         HeadInfo { chunked: true, .. } => State::Chunked(CHUNK_START),
         HeadInfo {
             length: Some(0), ..
@@ -174,6 +187,10 @@ fn after_head(head: &mut [u8]) -> State {
         HeadInfo {
             length: Some(n), ..
         } => State::Length(n),
+        HeadInfo {
+            status: 100..=199 | 204 | 304,
+            ..
+        } => State::Head,
         HeadInfo { http11, .. } => {
             if http11 {
                 // "HTTP/1.1" → "HTTP/1.0": awc reads an HTTP/1.0 body to the close.
@@ -184,11 +201,29 @@ fn after_head(head: &mut [u8]) -> State {
     }
 }
 
+/// Where a head ends: after its first empty line (`\r\n\r\n`, or bare `\n` line ends, which
+/// awc's parser accepts as well).
+fn head_end(b: &[u8]) -> Option<usize> {
+    for lf in memchr::memchr_iter(b'\n', b) {
+        match b.get(lf + 1..) {
+            Some([b'\n', ..]) => return Some(lf + 2),
+            Some([b'\r', b'\n', ..]) => return Some(lf + 3),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// One byte of a chunk-size line, a data line end or a trailer.
 fn chunk_byte(chunk: Chunk, b: u8) -> State {
     let next = match chunk {
-        Chunk::Size { size, digits, ext } => match b {
-            b'\n' if digits == 0 => return State::PassThrough,
+        Chunk::Size {
+            size,
+            digits,
+            any,
+            ext,
+        } => match b {
+            b'\n' if !any => return State::PassThrough,
             b'\n' if size == 0 => Chunk::Trailer { line: 0 },
             b'\n' => Chunk::Data(size),
             b'\r' => chunk,
@@ -196,12 +231,15 @@ fn chunk_byte(chunk: Chunk, b: u8) -> State {
             b';' | b' ' | b'\t' => Chunk::Size {
                 size,
                 digits,
+                any,
                 ext: true,
             },
             _ => match (b as char).to_digit(16) {
+                // Leading zeros are not significant; 15 digits keep the size in a u64.
                 Some(d) if digits < 15 => Chunk::Size {
                     size: size * 16 + u64::from(d),
-                    digits: digits + 1,
+                    digits: digits + u8::from(size > 0 || d > 0),
+                    any: true,
                     ext,
                 },
                 _ => return State::PassThrough,
@@ -239,16 +277,22 @@ fn is_http_prefix(b: &[u8]) -> bool {
     b[..n] == prefix[..n]
 }
 
-/// Parses a complete head (status line and header lines, ending in a blank line).
+/// Parses a complete head (status line and header lines, ending in an empty line), as bytes:
+/// header values need not be UTF-8, line ends may be bare `\n`, and a name may have spaces
+/// before its colon (awc accepts all three).
 fn parse_head(head: &[u8]) -> Option<HeadInfo> {
-    let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.split("\r\n");
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status_line = lines.next()?;
-    let http11 = status_line.starts_with("HTTP/1.1 ");
-    if !http11 && !status_line.starts_with("HTTP/1.0 ") {
+    let http11 = status_line.starts_with(b"HTTP/1.1 ");
+    if !http11 && !status_line.starts_with(b"HTTP/1.0 ") {
         return None;
     }
-    let status: u16 = status_line.get(9..12)?.parse().ok()?;
+    let status: u16 = std::str::from_utf8(status_line.get(9..12)?)
+        .ok()?
+        .parse()
+        .ok()?;
     let mut info = HeadInfo {
         http11,
         status,
@@ -256,15 +300,21 @@ fn parse_head(head: &[u8]) -> Option<HeadInfo> {
         chunked: false,
     };
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            info.length = Some(value.parse().ok()?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = value.rsplit(',').next().unwrap_or("").trim();
-            info.chunked = last.eq_ignore_ascii_case("chunked");
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            info.length = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") && http11 {
+            // awc reads Transfer-Encoding in HTTP/1.1 answers only.
+            let last = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            info.chunked = last.eq_ignore_ascii_case(b"chunked");
         }
     }
     Some(info)

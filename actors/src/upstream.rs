@@ -70,8 +70,8 @@ type UpstreamConnection = Connection<Uri, CloseDelimited<TcpStream>>;
 /// The TCP connector awc dials backends with. It applies the policy to IP literal hosts: the
 /// connector dials those without asking the resolver, so [`PolicyResolver`] alone would let
 /// `http://127.0.0.1` (say, from a record stored in local mode) through in public mode. And it
-/// reads every connection through [`CloseDelimited`], so a body that ends at the close is not
-/// lost.
+/// reads every connection through [`CloseDelimited`], so a plain-HTTP backend's body that ends
+/// at the close is not lost (TLS is added above this layer, so `https://` bytes pass through).
 #[derive(Clone)]
 struct UpstreamTcp<S> {
     inner: S,

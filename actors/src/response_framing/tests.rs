@@ -5,8 +5,9 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// A socket that returns the given pieces, one per read, then the close.
-struct Pieces(VecDeque<Vec<u8>>);
+/// A socket that returns the given pieces, one per read, then the close; or, when `open`,
+/// stays open after them (every later read is `Pending`, as a kept-alive connection's).
+struct Pieces(VecDeque<Vec<u8>>, bool);
 
 impl AsyncRead for Pieces {
     fn poll_read(
@@ -15,6 +16,9 @@ impl AsyncRead for Pieces {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.0.is_empty() && this.1 {
+            return Poll::Pending;
+        }
         if let Some(mut piece) = this.0.pop_front() {
             let n = piece.len().min(buf.remaining());
             buf.put_slice(&piece[..n]);
@@ -37,7 +41,7 @@ fn read_through(wire: &[u8], cuts: &[usize], read_size: usize) -> Vec<u8> {
         }
     }
     pieces.push_back(wire[last..].to_vec());
-    let mut io = CloseDelimited::new(Pieces(pieces));
+    let mut io = CloseDelimited::new(Pieces(pieces, false));
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut out = Vec::new();
     let mut scratch = vec![0u8; read_size];
@@ -134,6 +138,68 @@ fn heads_are_parsed_for_status_version_length_and_chunking() {
         parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
         None
     );
+}
+
+/// The output for `wire` with every answer before the last one as sent and the last one (a
+/// close-delimited HTTP/1.1 answer) read as HTTP/1.0.
+fn with_last_fixed(before: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    (
+        [before, CLOSE_11].concat(),
+        [before, &as_http10(CLOSE_11)].concat(),
+    )
+}
+
+#[test]
+fn heads_awc_accepts_are_followed_too_so_a_later_answer_is_still_fixed() {
+    let cases: [&[u8]; 6] = [
+        // bare LF line ends
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        // a space before the colon
+        b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello",
+        // a header value that is not UTF-8
+        b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
+        // an empty line before the next status line
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n",
+        // leading zeros in a chunk size
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000000003\r\nabc\r\n0\r\n\r\n",
+        // HTTP/1.0 framing is by length only (awc reads Transfer-Encoding in HTTP/1.1 only)
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+    ];
+    for before in cases {
+        let (wire, want) = with_last_fixed(before);
+        assert_eq!(
+            read_through(&wire, &[], 4096),
+            want,
+            "after {:?}",
+            String::from_utf8_lossy(before)
+        );
+    }
+}
+
+#[test]
+fn a_switch_of_protocols_is_left_alone() {
+    let wire = [
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"[..],
+        CLOSE_11,
+    ]
+    .concat();
+    assert_eq!(read_through(&wire, &[], 4096), wire);
+}
+
+#[test]
+fn a_kept_alive_answer_is_delivered_at_once_not_held_for_more() {
+    let answer = b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok".to_vec();
+    let mut io = CloseDelimited::new(Pieces(VecDeque::from([answer.clone()]), true));
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut scratch = [0u8; 64];
+    // awc's buffer may already hold bytes: the answer is appended after them.
+    let mut buf = ReadBuf::new(&mut scratch);
+    buf.put_slice(b"xyz");
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_ready());
+    assert_eq!(buf.filled(), [&b"xyz"[..], &answer].concat());
+    let mut rest = [0u8; 8];
+    let mut buf = ReadBuf::new(&mut rest);
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
 }
 
 proptest! {
