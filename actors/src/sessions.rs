@@ -144,20 +144,24 @@ impl Sessions {
     }
 
     /// A session by id: a live one, or one rebuilt from its stored copy (after a restart)
-    /// on the calling thread's arbiter. An expired stored copy is deleted and not found.
-    pub fn get(self: &Arc<Self>, id: &str) -> Option<Addr<Session>> {
+    /// on the calling thread's arbiter. `Ok(None)`: no such session (an expired stored copy is
+    /// deleted). A stored session that exists but cannot come back now (the live sessions are
+    /// at `MAX_SESSIONS` with none detached, or the server drains) is an error, so the client
+    /// hears "later" (4503 / 503), not "gone" (4001 / 404).
+    pub fn get(self: &Arc<Self>, id: &str) -> Result<Option<Addr<Session>>, SessionsError> {
         if let Some(addr) = self.map.read().get(id).map(|e| e.addr.clone()) {
-            return Some(addr);
+            return Ok(Some(addr));
         }
         self.restore(id)
     }
 
-    fn restore(self: &Arc<Self>, id: &str) -> Option<Addr<Session>> {
-        let store = self.store.get()?;
-        if self.is_draining() {
-            return None;
-        }
-        let stored = store.load(id)?;
+    fn restore(self: &Arc<Self>, id: &str) -> Result<Option<Addr<Session>>, SessionsError> {
+        let Some(store) = self.store.get() else {
+            return Ok(None);
+        };
+        let Some(stored) = store.load(id) else {
+            return Ok(None);
+        };
         let idle_ms = now_ms().saturating_sub(stored.last_active_ms);
         if u128::from(idle_ms) >= self.settings.ttl.as_millis() {
             log::info!(
@@ -165,14 +169,17 @@ impl Sessions {
                 idle_ms / 1000
             );
             store.delete(id);
-            return None;
+            return Ok(None);
         }
-        if self.map.read().len() >= self.max_sessions && self.evict_one().is_err() {
-            return None;
+        if self.is_draining() {
+            return Err(SessionsError::Draining);
+        }
+        if self.map.read().len() >= self.max_sessions {
+            self.evict_one()?;
         }
         let mut map = self.map.write();
         if let Some(e) = map.get(id) {
-            return Some(e.addr.clone()); // another request restored it first
+            return Ok(Some(e.addr.clone())); // another request restored it first
         }
         let last_event_id = stored.last_event_id;
         let addr = Session::restore(stored, Arc::clone(self), self.settings).start();
@@ -185,7 +192,7 @@ impl Sessions {
             },
         );
         log::info!("session_id={id} restored from its stored copy (last id {last_event_id})");
-        Some(addr)
+        Ok(Some(addr))
     }
 
     /// Connects the store sessions are written to, and sweeps it (TTL and `MAX_SESSIONS`

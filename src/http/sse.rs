@@ -65,7 +65,7 @@ fn session(state: &AppState, id: &str) -> Result<Addr<Session>, ApiError> {
         "session_id",
         id,
     ))?;
-    state.sessions.get(id).ok_or_else(|| {
+    state.sessions.get(id)?.ok_or_else(|| {
         ApiError::not_found(format!("no session {id} (unknown or expired)"))
             .with_code("session_not_found")
     })

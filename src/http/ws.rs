@@ -354,12 +354,22 @@ impl WsConnection {
     ) {
         let (id, addr, resumed) = match session_id {
             Some(id) => match self.sessions.get(&id) {
-                Some(addr) => (id, addr, true),
-                None => {
+                Ok(Some(addr)) => (id, addr, true),
+                Ok(None) => {
                     return self.close_with(
                         ctx,
                         close::UNKNOWN_SESSION,
                         "unknown or expired session_id; start a new session",
+                    )
+                }
+                Err(SessionsError::AtCapacity) => {
+                    return self.close_with(ctx, close::UNAVAILABLE, "at capacity; reconnect later")
+                }
+                Err(SessionsError::Draining) => {
+                    return self.close_with(
+                        ctx,
+                        close::UNAVAILABLE,
+                        "server draining; reconnect later",
                     )
                 }
             },

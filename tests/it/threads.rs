@@ -425,3 +425,42 @@ async fn a_turn_cut_by_a_graceful_shutdown_comes_back_interrupted() {
         "what streamed before the cut is kept: {resync}"
     );
 }
+
+/// A stored session that cannot come back because the live sessions are at the cap (none
+/// detached) is "later" (4503 / 503), not "gone" (4001 / 404): it does come back once a slot
+/// frees.
+#[actix_rt::test]
+async fn a_stored_session_at_the_cap_is_told_later_not_gone() {
+    let model = "cap-d1";
+    let m = mock();
+    let mut broker = Broker::start(&[("SWITCHBOARD_MAX_SESSIONS", "1")]);
+    broker.register(model, &m.url()).await;
+    let (mut ws, stored) = Ws::new_session(&broker.url).await;
+    ws.send(send_msg("s1", "keep me", &[model])).await;
+    let mut view = View::default();
+    read_to_complete(&mut ws, &mut view, Duration::from_secs(10)).await;
+    broker.kill9();
+    broker.restart();
+
+    let (live, _) = Ws::new_session(&broker.url).await;
+    let mut back = Ws::connect(&broker.url).await;
+    back.send(json!({"type": "hello", "session_id": stored, "last_event_id": view.last_id}))
+        .await;
+    assert_eq!(back.close_code(Duration::from_secs(3)).await, Some(4503));
+    let (status, body) = broker
+        .call("GET", &format!("/api/sessions/{stored}"), &[], None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    drop(live);
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let mut back = Ws::connect(&broker.url).await;
+    back.send(json!({"type": "hello", "session_id": stored, "last_event_id": view.last_id}))
+        .await;
+    let s = back.event().await;
+    assert_eq!(
+        (s["type"].as_str(), s["resumed"].as_bool()),
+        (Some("session"), Some(true)),
+        "{s}"
+    );
+}
