@@ -202,6 +202,15 @@ impl WsConnection {
         });
     }
 
+    /// 4503 for a session the directory cannot give now (at capacity, or draining).
+    fn close_unavailable(&mut self, ctx: &mut WebsocketContext<Self>, e: SessionsError) {
+        let reason = match e {
+            SessionsError::AtCapacity => "at capacity; reconnect later",
+            SessionsError::Draining => "server draining; reconnect later",
+        };
+        self.close_with(ctx, close::UNAVAILABLE, reason);
+    }
+
     fn close_with(&mut self, ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
         log::info!("{} closing with {code}: {reason}", self.label());
         self.close_frame(
@@ -362,16 +371,7 @@ impl WsConnection {
                         "unknown or expired session_id; start a new session",
                     )
                 }
-                Err(SessionsError::AtCapacity) => {
-                    return self.close_with(ctx, close::UNAVAILABLE, "at capacity; reconnect later")
-                }
-                Err(SessionsError::Draining) => {
-                    return self.close_with(
-                        ctx,
-                        close::UNAVAILABLE,
-                        "server draining; reconnect later",
-                    )
-                }
+                Err(e) => return self.close_unavailable(ctx, e),
             },
             // A new session counts against the per-IP rate limit, as `POST /api/sessions`
             // does: a flood of hellos must not push detached sessions out at the cap.
@@ -384,16 +384,7 @@ impl WsConnection {
             }
             None => match self.sessions.create() {
                 Ok((id, addr)) => (id, addr, false),
-                Err(SessionsError::AtCapacity) => {
-                    return self.close_with(ctx, close::UNAVAILABLE, "at capacity; reconnect later")
-                }
-                Err(SessionsError::Draining) => {
-                    return self.close_with(
-                        ctx,
-                        close::UNAVAILABLE,
-                        "server draining; reconnect later",
-                    )
-                }
+                Err(e) => return self.close_unavailable(ctx, e),
             },
         };
         self.session_id = Some(id.clone());
