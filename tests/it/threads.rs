@@ -72,6 +72,20 @@ async fn clear_from_one_tab_sends_cleared_to_every_connection_and_is_buffered() 
     assert_eq!(state["history"], json!({}), "{state}");
 }
 
+/// Registers the public model `thread` at the mock, answering as its scenario `upstream`;
+/// returns the registration id (for [`scenario`]).
+async fn register_thread(broker: &Broker, m: &mockllm::MockHandle, upstream: &str) -> String {
+    let rec = broker
+        .admin_json(
+            "POST",
+            "/admin/register",
+            Some(json!({"model_name": "thread", "endpoint_url": m.url(), "upstream_model": upstream})),
+        )
+        .await
+        .1;
+    rec["registration_id"].as_str().unwrap_or("").to_string()
+}
+
 /// Points the registration `id` at the mock scenario `upstream` (the mock picks its behaviour
 /// by model name), so one public model can answer fast in one turn and slowly in the next.
 async fn scenario(broker: &Broker, id: &str, upstream: &str) {
@@ -89,15 +103,7 @@ async fn scenario(broker: &Broker, id: &str, upstream: &str) {
 async fn a_session_survives_kill9_mid_turn_and_resumes_over_ws_and_sse_with_its_history() {
     let m = mock();
     let mut broker = Broker::start(&[]);
-    let rec = broker
-        .admin_json(
-            "POST",
-            "/admin/register",
-            Some(json!({"model_name": "thread", "endpoint_url": m.url(), "upstream_model": "fast-d1"})),
-        )
-        .await
-        .1;
-    let id = rec["registration_id"].as_str().unwrap_or("").to_string();
+    let id = register_thread(&broker, &m, "fast-d1").await;
 
     // Turn 1 completes; turn 2 is cut by kill -9 after a few tokens.
     let (mut ws, sid) = Ws::new_session(&broker.url).await;
@@ -309,15 +315,7 @@ async fn a_turn_whose_complete_was_seen_survives_an_immediate_kill9() {
 async fn ids_are_never_reissued_after_kill9_even_when_another_tab_sends_first() {
     let m = mock();
     let mut broker = Broker::start(&[]);
-    let rec = broker
-        .admin_json(
-            "POST",
-            "/admin/register",
-            Some(json!({"model_name": "thread", "endpoint_url": m.url(), "upstream_model": "long-spaced-w300"})),
-        )
-        .await
-        .1;
-    let id = rec["registration_id"].as_str().unwrap_or("").to_string();
+    let id = register_thread(&broker, &m, "long-spaced-w300").await;
 
     // Tab A sees the start of a turn; the broker is killed mid-turn.
     let (mut a, sid) = Ws::new_session(&broker.url).await;
