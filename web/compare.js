@@ -59,7 +59,7 @@
   //
   // view.turns[i] = { request_id, prompt, models, acked, complete, local_start, started_ts,
   //                   results: { model: Result } }
-  // Result = { state: sending|waiting|streaming|done|error|cancelled|unknown, text, tokens,
+  // Result = { state: sending|waiting|streaming|done|error|cancelled|interrupted|unknown, text, tokens,
   //            backend, ttft_ms, total_ms, usage, finish_reason, error, tools: [...] }
   // turn.tl = the token timeline's data (timeline.js): arrival times from the events' `ts`.
 
@@ -372,7 +372,7 @@
     if (['done', 'complete', 'completed', 'finished', 'ok'].includes(v)) return 'done';
     if (['error', 'failed', 'failure'].includes(v)) return 'error';
     if (['cancelled', 'canceled', 'stopped'].includes(v)) return 'cancelled';
-    if (v === 'interrupted') return 'unknown'; // in flight when the broker stopped (SPEC §4.4)
+    if (v === 'interrupted') return 'interrupted'; // in flight when the broker stopped (SPEC §4.4)
     if (['streaming', 'running', 'started', 'active', 'in_progress'].includes(v)) return 'streaming';
     return 'waiting'; // pending
   }
@@ -396,8 +396,13 @@
     for (const [model, s] of Object.entries(snap)) {
       const r = ensureResult(turn, model);
       const metrics = (s && s.metrics) || {};
-      r.text = typeof s.content === 'string' ? s.content : r.text;
-      r.state = mapSnapshotState(s.state);
+      const state = mapSnapshotState(s.state);
+      const content = typeof s.content === 'string' ? s.content : r.text;
+      // A turn cut by a broker restart comes back with only what was stored at its start: the
+      // text this page already showed is kept, not replaced by less.
+      const seenMore = state === 'interrupted' && r.text.length > content.length && r.text.startsWith(content);
+      if (!seenMore) r.text = content;
+      r.state = state;
       for (const k of ['ttft_ms', 'total_ms', 'finish_reason', 'backend']) if (metrics[k] !== undefined) r[k] = metrics[k];
       if (metrics.usage) r.usage = metrics.usage;
       if (typeof metrics.tokens === 'number') r.tokens = metrics.tokens;

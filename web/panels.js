@@ -10,7 +10,7 @@
   const { fmtMs } = window.SwitchboardCommon;
 
   /** Answer states after which nothing more arrives for that model in that turn. */
-  const TERMINAL = new Set(['done', 'error', 'cancelled', 'unknown']);
+  const TERMINAL = new Set(['done', 'error', 'cancelled', 'interrupted', 'unknown']);
 
   /** The running turn of a conversation: the last one, unless it is complete. */
   function currentTurn(view) {
@@ -40,7 +40,7 @@
 
   const STATE_LABEL = {
     ready: 'ready', sending: 'sending', waiting: 'waiting', streaming: 'streaming', done: 'done',
-    error: 'error', cancelled: 'stopped', unknown: 'ended',
+    error: 'error', cancelled: 'stopped', interrupted: 'interrupted', unknown: 'ended',
   };
 
   /**
@@ -236,6 +236,7 @@
       else if (r.state === 'waiting') status = r.backend ? 'waiting for the first token…' : 'waiting for a backend…';
       else if (r.state === 'error') status = `error${r.error && r.error.code ? ` (${r.error.code})` : ''}: ${(r.error && r.error.message) || 'the model failed'}${r.error && r.error.retryable ? ' — you can try again' : ''}`;
       else if (r.state === 'cancelled') status = 'stopped — the text so far is kept';
+      else if (r.state === 'interrupted') status = 'interrupted: the server restarted while this answer streamed; the text so far is kept';
       else if (r.state === 'unknown') status = 'ended while the page was disconnected';
       else if (r.state === 'done' && !r.text) status = r.tools.length ? 'no text: the model answered with tool calls' : 'empty answer';
       cell.status.textContent = status;

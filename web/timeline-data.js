@@ -120,10 +120,13 @@
           message: kind === 'error' ? String(metrics.error || '') : undefined };
       }
     } else {
-      // the server did not send arrival times: keep what was seen, say the row is incomplete
+      // the server did not send arrival times (a turn from before a restart): keep what was
+      // seen, say the row is incomplete
       r.partial = 'times';
       const kind = String(s.state || '');
-      if (!r.end && ['done', 'cancelled', 'error'].includes(kind)) r.end = { kind, ts: null };
+      if (!r.end && ['done', 'cancelled', 'error', 'interrupted'].includes(kind)) {
+        r.end = { kind: kind === 'interrupted' ? 'cancelled' : kind, ts: null };
+      }
     }
     return r;
   }

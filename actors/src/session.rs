@@ -222,6 +222,7 @@ impl Session {
             models,
             runs,
             started_ms: now_ms(),
+            restored: false,
         });
         self.persist(); // a crash mid-turn then shows it `interrupted`
         if self.connections.is_empty() {

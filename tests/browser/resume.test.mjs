@@ -3,6 +3,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import {
   startBroker, startMock, launchBrowser, openPage, shot, until, hasSessions, mockReply,
   selectModels, waitConnected, sendPrompt, panel, answerText, waitTurnComplete,
@@ -197,5 +198,47 @@ test('resume: with the server gone the page says so, keeps trying and recovers',
     await context.close();
   } finally {
     await second?.stop();
+  }
+});
+
+test('resume: a turn cut by a broker crash keeps the text and ticks the page saw, marked interrupted', async (t) => {
+  if (!ready) { t.skip('the broker does not serve the session routes yet'); return; }
+  const first = await startBroker();
+  const port = new URL(first.url).port;
+  const model = 'cut-spaced-w60';
+  let second = null;
+  try {
+    await first.register(model, mock.url);
+    const { page, problems, context } = await openPage(browser, `${first.url}/`);
+    await waitConnected(page);
+    await selectModels(page, [model]);
+    await sendPrompt(page, 'cut me off');
+    await until(async () => ((await answerText(page, model)) || '').length >= 20, { timeout: 10000, message: 'streaming' });
+    const ticks = () => page.evaluate((m) => {
+      const v = window.__switchboard.view();
+      const tl = window.__switchboard.timeline(v.turns[v.turns.length - 1].request_id);
+      return tl ? tl.json.models[m].tokens : -1;
+    }, model);
+
+    // kill -9 (the data dir stays), then the same port and data dir again
+    const exited = new Promise((r) => first.proc.once('exit', r));
+    first.proc.kill('SIGKILL');
+    await exited;
+    const seen = await answerText(page, model);
+    const seenTicks = await ticks();
+    assert.ok(seenTicks > 0, 'ticks were drawn before the crash');
+    second = await startBroker({ PORT: port, SWITCHBOARD_DATA_DIR: first.dataDir, SWITCHBOARD_ADMIN_KEY: first.adminKey });
+    await waitConnected(page, 20000);
+    await until(async () => (await panel(page, model).getAttribute('data-state')) === 'interrupted', { timeout: 15000, message: 'marked interrupted' });
+    const after = await answerText(page, model);
+    assert.ok(after.startsWith(seen) && after.length >= seen.length, `the text the page showed is kept: ${JSON.stringify(after)} vs ${JSON.stringify(seen)}`);
+    assert.match(await panel(page, model).locator('[data-testid=turn-status]').textContent(), /interrupted/);
+    assert.equal(await ticks(), seenTicks, 'the ticks the page drew are kept');
+    const unexpected = problems.filter((p) => !/WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/.test(p));
+    assert.deepEqual(unexpected, []);
+    await context.close();
+  } finally {
+    await second?.stop();
+    rmSync(first.dataDir, { recursive: true, force: true });
   }
 });

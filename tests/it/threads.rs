@@ -140,6 +140,11 @@ async fn a_session_survives_kill9_mid_turn_and_resumes_over_ws_and_sse_with_its_
         resync["snapshot"]["thread"]["state"], "interrupted",
         "{resync}"
     );
+    // Arrival times are not stored: no timeline, so a page keeps the ticks it drew.
+    assert!(
+        resync["snapshot"]["thread"].get("timeline").is_none(),
+        "{resync}"
+    );
 
     // SSE: the same session, the same resync; the state route agrees.
     let mut sse = View::default();

@@ -91,6 +91,7 @@ impl Turn {
             models: t.models,
             runs,
             started_ms: t.started_ms,
+            restored: true,
         }
     }
 }

@@ -50,6 +50,9 @@ pub(super) struct Turn {
     pub(super) models: Vec<String>,
     pub(super) runs: HashMap<String, ModelRun>,
     pub(super) started_ms: u64,
+    /// Rebuilt from the stored copy after a restart: its arrival times were not stored, so its
+    /// snapshots carry no timeline (a page keeps the ticks it saw instead of losing them).
+    pub(super) restored: bool,
 }
 
 impl Turn {
@@ -69,7 +72,7 @@ impl Turn {
                     content: r.content.clone(),
                     state: r.state.as_str(),
                     metrics: r.metrics.clone(),
-                    timeline: Some(r.timeline.clone()),
+                    timeline: (!self.restored).then(|| r.timeline.clone()),
                 };
                 (m.clone(), snap)
             })
@@ -180,6 +183,7 @@ mod tests {
                 .map(|m| (m.to_string(), ModelRun::started(None, 1_000)))
                 .collect(),
             started_ms: 1_000,
+            restored: false,
         }
     }
 
