@@ -189,6 +189,11 @@ async fn clear(
     Ok(HttpResponse::Accepted().json(json!({"cleared": true})))
 }
 
+#[derive(Deserialize)]
+struct EventsQuery {
+    last_event_id: Option<String>,
+}
+
 /// Where an SSE client resumes: the `Last-Event-ID` header, else `?last_event_id=`. A value
 /// that is not an event id is refused, naming it, instead of silently starting over.
 fn resume_position(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
@@ -208,15 +213,11 @@ fn resume_position(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
                 .map_err(|_| bad("Last-Event-ID", value));
         }
     }
-    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
+    let query = web::Query::<EventsQuery>::from_query(req.query_string())
+        .map(|q| q.into_inner().last_event_id)
         .unwrap_or_default();
-    match query.iter().find(|(k, _)| k == "last_event_id") {
-        Some((_, v)) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| bad("last_event_id", v)),
+    match query.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => v.parse().map(Some).map_err(|_| bad("last_event_id", v)),
         _ => Ok(None),
     }
 }

@@ -72,6 +72,14 @@ pub mod close {
     }
 }
 
+/// The words of a 4503 close.
+fn unavailable(e: SessionsError) -> &'static str {
+    match e {
+        SessionsError::AtCapacity => "at capacity; reconnect later",
+        SessionsError::Draining => "server draining; reconnect later",
+    }
+}
+
 /// Routes of the WebSocket transport.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(upgrade));
@@ -92,7 +100,7 @@ async fn upgrade(
     let preclose = if !logged_in {
         Some((close::UNAUTHORIZED, "unauthorized"))
     } else if state.sessions.is_draining() {
-        Some((close::UNAVAILABLE, "server draining; reconnect later"))
+        Some((close::UNAVAILABLE, unavailable(SessionsError::Draining)))
     } else if slot.is_none() {
         Some((
             close::TOO_MANY_CONNECTIONS,
@@ -204,11 +212,7 @@ impl WsConnection {
 
     /// 4503 for a session the directory cannot give now (at capacity, or draining).
     fn close_unavailable(&mut self, ctx: &mut WebsocketContext<Self>, e: SessionsError) {
-        let reason = match e {
-            SessionsError::AtCapacity => "at capacity; reconnect later",
-            SessionsError::Draining => "server draining; reconnect later",
-        };
-        self.close_with(ctx, close::UNAVAILABLE, reason);
+        self.close_with(ctx, close::UNAVAILABLE, unavailable(e));
     }
 
     fn close_with(&mut self, ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
